@@ -1,0 +1,304 @@
+#include "app/run.h"
+
+#include <sched.h>
+
+#include <chrono>
+#include <cmath>
+#include <functional>
+#include <thread>
+
+#include <ATen/Parallel.h>
+
+#include "common/log.h"
+#include "config/config_loader.h"
+#include "data/dataset.h"
+#include "data/sharding.h"
+#include "io/files.h"
+#include "io/stats_file.h"
+#include "model/adaptable_model.h"
+#include "report/progress.h"
+#include "report/report.h"
+
+namespace bnadapt::app {
+namespace {
+
+double secondsSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Runs `body` on this rank, then agrees with every rank on the outcome. Returns 0 when all
+// succeeded, else the worst exit code; the failing rank (and rank 0) log the reason.
+int agreedPhase(comm::Communicator& comm, const char* phase, const std::function<void()>& body) {
+  int code = 0;
+  std::string message;
+  try {
+    body();
+  } catch (const Error& e) {
+    code = static_cast<int>(e.code());
+    message = e.what();
+  } catch (const std::exception& e) {
+    code = static_cast<int>(ExitCode::kInternal);
+    message = std::string("unexpected error: ") + e.what();
+  }
+  const comm::AgreedStatus status = comm::agree(comm, code, message);
+  if (status.code == 0) return 0;
+  if (comm.rank() == status.failed_rank) {
+    log::error(status.message);
+  } else if (comm.rank() == 0) {
+    log::error("rank ", status.failed_rank, " failed during ", phase, ": ", status.message);
+  } else if (code != 0 && message != status.message) {
+    log::error(message);  // a different failure of this rank: do not hide it
+  }
+  return status.code;
+}
+
+// Every rank compares its lines with rank 0's; a rank that differs throws naming the first
+// differing item. Collective (one broadcast).
+void checkSameAsRankZero(comm::Communicator& comm, const std::vector<std::string>& lines) {
+  std::string mine;
+  for (const auto& l : lines) mine += l + "\n";
+  std::string theirs = mine;
+  comm.broadcast(theirs, 0);
+  if (theirs == mine) return;
+  std::vector<std::string> zero;
+  size_t start = 0;
+  for (size_t nl; (nl = theirs.find('\n', start)) != std::string::npos; start = nl + 1) {
+    zero.push_back(theirs.substr(start, nl - start));
+  }
+  size_t i = 0;
+  while (i < lines.size() && i < zero.size() && lines[i] == zero[i]) ++i;
+  fail(ExitCode::kCommunication, "rank ", comm.rank(), " differs from rank 0 before any data ",
+       "moved: rank 0 has ", i < zero.size() ? "'" + zero[i] + "'" : "nothing more", ", rank ",
+       comm.rank(), " has ", i < lines.size() ? "'" + lines[i] + "'" : "nothing more",
+       " (same model, data and config on every rank?)");
+}
+
+std::vector<std::string> fingerprint(const config::Settings& st, const data::Dataset& data,
+                                     const data::BatchPlan& plan,
+                                     const model::AdaptableModel& model) {
+  std::vector<std::string> lines = {
+      std::string("weighting=") + config::weightingName(st.weighting) +
+          " seed=" + std::to_string(st.seed),
+      "samples requested=" + std::to_string(plan.requested) + " used=" +
+          std::to_string(plan.used) + " batch_size=" + std::to_string(plan.batch_size),
+      "data samples=" + std::to_string(data.size()) + " shape=" +
+          data::shapeString(data.sampleShape())};
+  for (auto& l : model.describeLayers()) lines.push_back(std::move(l));
+  return lines;
+}
+
+// Outputs must differ from each other and from the inputs (also via links).
+void checkOutputPaths(const config::Settings& st) {
+  const std::vector<std::pair<const char*, std::string>> outputs = {
+      {"--output", st.output_path},
+      {"--stats-output", st.stats_output_path},
+      {"--report", st.report_path}};
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const auto& [flag, path] = outputs[i];
+    if (path.empty()) continue;
+    for (const auto& [what, input] : {std::pair<const char*, std::string>{"--model", st.model_path},
+                                      {"--data", st.data_path}}) {
+      BNA_CHECK(path != input && !io::sameFile(path, input), ExitCode::kOutput, flag, " '", path,
+                "' is the same file as the input ", what, " '", input,
+                "'; inputs are never overwritten: choose another output path");
+    }
+    for (size_t j = i + 1; j < outputs.size(); ++j) {
+      BNA_CHECK(outputs[j].second.empty() || (path != outputs[j].second &&
+                                              !io::sameFile(path, outputs[j].second)),
+                ExitCode::kUsage, flag, " and ", outputs[j].first, " name the same file '", path,
+                "'");
+    }
+  }
+}
+
+void logSettings(const config::Settings& st, const comm::Communicator& comm, int threads) {
+  log::info0("bnadapt_dist ", BNADAPT_VERSION, ": ", comm.size(), " rank(s), ", threads,
+             " intra-op thread(s) per rank, device cpu, backend mpi");
+  if (!st.config_path.empty()) log::info0("config: ", st.config_path);
+  log::info0("model: ", st.model_path);
+  log::info0("data: ", st.data_path);
+  log::info0("samples: ", st.samples, ", batch size ", st.batch_size, ", estimator '",
+             config::weightingName(st.weighting), "', seed ", st.seed);
+  log::info0("outputs: model '", st.output_path, "', stats '", st.stats_output_path,
+             "', report '", st.report_path, "'");
+  for (const auto& algo : st.compression_algorithms) {
+    log::info0("compression.algorithm '", algo,
+               "': the model is taken as already compressed; only BN statistics change");
+  }
+  if (!st.ignored_keys.empty()) {
+    std::string keys;
+    for (const auto& k : st.ignored_keys) keys += (keys.empty() ? "" : ", ") + k;
+    log::info0("config keys not used by bnadapt_dist: ", keys);
+  }
+}
+
+}  // namespace
+
+int defaultThreads(int local_ranks) {
+  cpu_set_t set;
+  int cores = 0;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) cores = CPU_COUNT(&set);
+  if (cores <= 0) cores = static_cast<int>(std::thread::hardware_concurrency());
+  return std::max(1, cores / std::max(1, local_ranks));
+}
+
+ExitCode run(const config::Settings& st, comm::Communicator& comm) {
+  const auto t_start = std::chrono::steady_clock::now();
+  const int rank = comm.rank();
+  const int world = comm.size();
+  const int threads = st.threads > 0 ? st.threads : defaultThreads(comm.localSize());
+  at::set_num_threads(threads);
+  logSettings(st, comm, threads);
+
+  // 1. Setup: model (two copies), data, the global batch plan.
+  std::unique_ptr<model::AdaptableModel> model;
+  std::unique_ptr<data::Dataset> data;
+  data::BatchPlan plan;
+  if (int code = agreedPhase(comm, "setup", [&] {
+        if (rank == 0) checkOutputPaths(st);
+        model = std::make_unique<model::AdaptableModel>(st.model_path);
+        data = data::openDataset(st.data_path, st.sample_shape,
+                                 data::roundBudget(st.samples, st.batch_size), st.seed);
+        plan = data::planBatches(st.samples, st.batch_size, data->size());
+      })) {
+    return static_cast<ExitCode>(code);
+  }
+  log::info0("data: ", data->describe());
+  log::info0(model->layers().size(), " BN layer(s) to adapt, ", model->skipped().size(),
+             " left alone; ", plan.num_batches, " global batch(es) of ", plan.batch_size,
+             " from ", plan.used, " sample(s)");
+  if (plan.rounded != plan.requested) {
+    log::info0("samples: ", plan.requested, " rounded to ", plan.rounded,
+               ", the nearest multiple of the batch size ", plan.batch_size);
+  }
+  if (plan.truncated) {
+    log::warn0("samples: ", plan.rounded, " requested but the data holds ", data->size(),
+               "; using all ", plan.used, " (the last batch has ",
+               plan.used - (plan.num_batches - 1) * plan.batch_size, " sample(s))");
+  }
+
+  // 2. Agree that every rank has the same model, data shape and settings.
+  if (int code = agreedPhase(comm, "the consistency check", [&] {
+        checkSameAsRankZero(comm, fingerprint(st, *data, plan, *model));
+      })) {
+    return static_cast<ExitCode>(code);
+  }
+  const double setup_seconds = secondsSince(t_start);
+
+  // 3. Forward this rank's batches: global batch b runs on rank b mod world.
+  stats::StatsAccumulator acc = model->makeAccumulator();
+  const std::vector<int64_t> mine = plan.batchesOfRank(rank, world);
+  const auto t_forward = std::chrono::steady_clock::now();
+  report::Progress progress(static_cast<int64_t>(mine.size()), plan.num_batches, rank == 0);
+  int code = agreedPhase(comm, "the forward passes", [&] {
+    for (int64_t b : mine) {
+      const auto [begin, end] = plan.batchRange(b);
+      try {
+        model->calibrate(data->batch(begin, end), acc);
+      } catch (const Error& e) {
+        fail(e.code(), "rank ", rank, ", global batch ", b, " (samples ", begin, "..", end - 1,
+             "): ", e.what());
+      }
+      progress.step(end - begin);
+    }
+  });
+  progress.finish();
+  if (code) return static_cast<ExitCode>(code);
+  const double forward_seconds = secondsSince(t_forward);
+
+  // 4. One all-reduce: the statistics plus, per rank, (batches, samples, seconds).
+  const auto t_reduce = std::chrono::steady_clock::now();
+  std::vector<double>& buffer = acc.buffer();
+  const size_t stats_size = buffer.size();
+  buffer.resize(stats_size + 3 * static_cast<size_t>(world), 0.0);
+  buffer[stats_size + 3 * rank] = static_cast<double>(mine.size());
+  buffer[stats_size + 3 * rank + 1] = static_cast<double>(plan.samplesOfRank(rank, world));
+  buffer[stats_size + 3 * rank + 2] = forward_seconds;
+  comm.allreduceSum(buffer);
+  report::RunSummary run;
+  for (int r = 0; r < world; ++r) {
+    const double* slot = buffer.data() + stats_size + 3 * r;
+    run.ranks.push_back({static_cast<int64_t>(slot[0]), static_cast<int64_t>(slot[1]), slot[2]});
+  }
+  buffer.resize(stats_size);
+  const double allreduce_seconds = secondsSince(t_reduce);
+
+  // 5. Rank 0 finalises and writes every output, or none.
+  run.settings = &st;
+  run.data_description = data->describe();
+  run.world_size = world;
+  run.threads_per_rank = threads;
+  run.plan = plan;
+  run.layers = &model->layers();
+  run.skipped = &model->skipped();
+  run.setup_seconds = setup_seconds;
+  run.forward_seconds = forward_seconds;
+  run.allreduce_seconds = allreduce_seconds;
+  code = agreedPhase(comm, "writing the outputs", [&] {
+    if (rank != 0) return;
+    io::NamedTensors buffers;
+    for (size_t i = 0; i < model->layers().size(); ++i) {
+      const model::BnLayer& layer = model->layers()[i];
+      stats::LayerStats s = acc.finalize(i, st.weighting);
+      for (size_t c = 0; c < s.mean.size(); ++c) {
+        BNA_CHECK(std::isfinite(s.mean[c]) && std::isfinite(s.var[c]), ExitCode::kData,
+                  "layer '", layer.name, "' channel ", c, ": non-finite statistic (mean ",
+                  s.mean[c], ", var ", s.var[c], "); nothing written");
+      }
+      if (!s.mean.empty()) {
+        model->setStatistics(i, s.mean, s.var, plan.num_batches);
+        for (auto& named : model->buffers(i)) buffers.push_back(std::move(named));
+      }
+      run.results.push_back(std::move(s));
+    }
+    run.total_seconds = secondsSince(t_start);
+    std::vector<io::StagedFile> staged;
+    if (!st.stats_output_path.empty()) {
+      staged.emplace_back(st.stats_output_path, io::bytesWriter(io::serializeStats(buffers)));
+    }
+    if (!st.output_path.empty()) {
+      staged.emplace_back(st.output_path, [&](const std::string& tmp) { model->save(tmp); });
+    }
+    if (!st.report_path.empty()) {
+      staged.emplace_back(st.report_path,
+                          io::bytesWriter(report::buildReport(run).dump(2) + "\n"));
+    }
+    for (auto& file : staged) file.commit();
+    for (const auto& line : report::summaryLines(run)) log::info(line);
+    for (const auto& file : staged) log::info("wrote ", file.path());
+  });
+  return static_cast<ExitCode>(code);
+}
+
+int main(const std::vector<std::string>& args, comm::Communicator& comm) {
+  log::setIdentity(comm.hostname(), comm.rank(), comm.size());
+  try {
+    config::Settings settings;
+    bool help = false;
+    if (int code = agreedPhase(comm, "reading the settings", [&] {
+          try {
+            settings = config::parseSettings(args);
+          } catch (const config::HelpRequested&) {
+            help = true;
+          }
+        })) {
+      if (comm.rank() == 0) std::fprintf(stderr, "run 'bnadapt_dist --help' for usage\n");
+      return code;
+    }
+    if (help) {
+      if (comm.rank() == 0) std::fputs(config::usage().c_str(), stdout);
+      return 0;
+    }
+    return static_cast<int>(run(settings, comm));
+  } catch (const Error& e) {
+    // A collective itself failed: the other ranks cannot be told; end the whole job.
+    log::error(e.what());
+    comm.abortJob(static_cast<int>(e.code()));
+  } catch (const std::exception& e) {
+    log::error("unexpected error: ", e.what());
+    comm.abortJob(static_cast<int>(ExitCode::kInternal));
+  }
+  return static_cast<int>(ExitCode::kInternal);  // not reached: abortJob does not return
+}
+
+}  // namespace bnadapt::app

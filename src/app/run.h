@@ -1,0 +1,23 @@
+// The pipeline of one rank, top to bottom: settings, model, data, forward, all-reduce, write.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "common/error.h"
+#include "config/settings.h"
+
+namespace bnadapt::app {
+
+// Parses `args` (argv[1..]) and runs the job. Every rank calls it; returns the exit code
+// every rank agreed on. Errors that leave ranks unable to agree end the job (MPI_Abort).
+int main(const std::vector<std::string>& args, comm::Communicator& comm);
+
+// Runs the job with parsed settings; every rank calls it. Returns the agreed exit code.
+ExitCode run(const config::Settings& settings, comm::Communicator& comm);
+
+// Intra-op threads per rank when --threads is 0: usable cores / ranks on this host, >= 1.
+int defaultThreads(int local_ranks);
+
+}  // namespace bnadapt::app

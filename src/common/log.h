@@ -1,0 +1,32 @@
+// Rank-prefixed logging: every line starts with "[host r<rank>/<size>]".
+// Info goes to stdout, warnings and errors to stderr; one line per call, written whole.
+#pragma once
+
+#include <string>
+
+#include "common/error.h"
+
+namespace bnadapt::log {
+
+enum class Level { kInfo, kWarn, kError };
+
+// Sets the prefix; before this, lines carry "[bnadapt_dist]".
+void setIdentity(const std::string& host, int rank, int size);
+int rank();
+
+void write(Level level, const std::string& line);
+
+template <typename... Args>
+void info(Args&&... args) { write(Level::kInfo, detail::concat(std::forward<Args>(args)...)); }
+template <typename... Args>
+void warn(Args&&... args) { write(Level::kWarn, detail::concat(std::forward<Args>(args)...)); }
+template <typename... Args>
+void error(Args&&... args) { write(Level::kError, detail::concat(std::forward<Args>(args)...)); }
+
+// Only rank 0 writes these.
+template <typename... Args>
+void info0(Args&&... args) { if (rank() == 0) info(std::forward<Args>(args)...); }
+template <typename... Args>
+void warn0(Args&&... args) { if (rank() == 0) warn(std::forward<Args>(args)...); }
+
+}  // namespace bnadapt::log

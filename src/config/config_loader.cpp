@@ -1,0 +1,761 @@
+#include "config/config_loader.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <sstream>
+#include <system_error>
+#include <unordered_set>
+#include <utility>
+
+#include "common/error.h"
+
+namespace bnadapt::config {
+namespace {
+
+// ordered_json keeps the file's key order, so errors and ignored keys come in file order.
+using Json = nlohmann::ordered_json;
+namespace fs = std::filesystem;
+
+constexpr uint64_t kMaxSamples = 1000000000000ULL;  // 1e12
+constexpr uint64_t kMaxBatchSize = 1000000;
+constexpr int64_t kDefaultBatchSize = 32;
+constexpr uint64_t kMaxThreads = 65536;
+constexpr uint64_t kMaxDim = std::numeric_limits<int32_t>::max();
+constexpr uint64_t kMaxSeed = std::numeric_limits<uint64_t>::max();
+constexpr int kMaxDepth = 64;
+constexpr std::uintmax_t kMaxConfigBytes = 16u << 20;
+constexpr std::size_t kMaxShown = 60;  // longest found value quoted in a message
+
+const char* const kSection = "bnadapt_dist";
+const char* const kBnAdaptationPath = "initializer.batchnorm_adaptation";
+const char* const kNncfSamplesKey = "num_bn_adaptation_samples";
+
+// Keys of the "bnadapt_dist" section, in usage() order.
+const std::vector<std::string>& sectionKeys() {
+  static const std::vector<std::string> keys = {"model",     "data",   "samples",      "batch_size",
+                                                "weighting", "output", "stats_output", "report",
+                                                "threads",   "seed"};
+  return keys;
+}
+
+// Keys of compression[*].initializer.batchnorm_adaptation. num_bn_forget_samples (NNCF 2.0)
+// is accepted and recorded as ignored.
+const std::vector<std::string>& bnAdaptationKeys() {
+  static const std::vector<std::string> keys = {kNncfSamplesKey, "num_bn_forget_samples"};
+  return keys;
+}
+
+// Top-level sections we read; a near miss of one of them is an error, not an ignored key.
+const std::vector<std::string>& usedTopLevelKeys() {
+  static const std::vector<std::string> keys = {kSection, "input_info", "compression",
+                                                "batch_size"};
+  return keys;
+}
+
+std::string joinQuoted(const std::vector<std::string>& items, const std::string& quote) {
+  std::string out;
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    if (i > 0) out += ", ";
+    out += quote + items[i] + quote;
+  }
+  return out;
+}
+
+std::string shorten(const std::string& s) {
+  if (s.size() <= kMaxShown) return s;
+  return s.substr(0, kMaxShown) + "...";
+}
+
+// "string \"64\"", "number 64.5", "boolean true", "null", "object", "array".
+std::string describe(const Json& v) {
+  switch (v.type()) {
+    case Json::value_t::null: return "null";
+    case Json::value_t::boolean:
+      return std::string("boolean ") + (v.get<bool>() ? "true" : "false");
+    case Json::value_t::string: return "string " + shorten(v.dump());
+    case Json::value_t::number_integer:
+    case Json::value_t::number_unsigned:
+    case Json::value_t::number_float: return "number " + shorten(v.dump());
+    case Json::value_t::object: return "object";
+    case Json::value_t::array: return "array";
+    default: return v.type_name();
+  }
+}
+
+std::string child(const std::string& path, const std::string& key) {
+  return path.empty() ? key : path + "." + key;
+}
+
+std::string element(const std::string& path, std::size_t index) {
+  return path + "[" + std::to_string(index) + "]";
+}
+
+// Strips nlohmann's "[json.exception.parse_error.101] " prefix.
+std::string jsonMessage(const std::string& what) {
+  const std::string prefix = "[json.exception.";
+  if (what.compare(0, prefix.size(), prefix) == 0) {
+    const auto end = what.find("] ");
+    if (end != std::string::npos) return what.substr(end + 2);
+  }
+  return what;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading and parsing the file.
+
+std::string readConfigText(const std::string& path) {
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  if (ec || !fs::exists(st)) {
+    fail(ExitCode::kUsage, path,
+         ": cannot read config file: ", ec ? ec.message() : std::string("no such file"));
+  }
+  BNA_CHECK(!fs::is_directory(st), ExitCode::kUsage, path,
+            ": cannot read config file: it is a directory");
+  if (fs::is_regular_file(st)) {
+    const std::uintmax_t size = fs::file_size(path, ec);
+    BNA_CHECK(ec || size <= kMaxConfigBytes, ExitCode::kUsage, path, ": config file is ", size,
+              " bytes; at most ", kMaxConfigBytes, " are allowed");
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    const int err = errno;
+    fail(ExitCode::kUsage, path,
+         ": cannot read config file: ", err != 0 ? std::strerror(err) : "open failed");
+  }
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  BNA_CHECK(!in.bad(), ExitCode::kUsage, path, ": cannot read config file: read error");
+  return text;
+}
+
+// Parser callback state: rejects duplicate keys (naming their JSON path) and nesting deeper
+// than kMaxDepth before the deep part is built.
+class ParseGuard {
+ public:
+  explicit ParseGuard(const std::string& file) : file_(file) {}
+
+  bool onEvent(int depth, nlohmann::detail::parse_event_t event, Json& parsed) {
+    using Event = nlohmann::detail::parse_event_t;
+    switch (event) {
+      case Event::object_start:
+      case Event::array_start:
+        BNA_CHECK(depth < kMaxDepth, ExitCode::kUsage, file_, ": JSON nested deeper than ",
+                  kMaxDepth, " levels");
+        startElement();
+        frames_.push_back(Frame{event == Event::object_start, {}, {}, 0, 0});
+        break;
+      case Event::object_end:
+      case Event::array_end:
+        if (!frames_.empty()) frames_.pop_back();
+        break;
+      case Event::key: {
+        if (frames_.empty() || !frames_.back().is_object) break;
+        const std::string key = parsed.get<std::string>();
+        Frame& top = frames_.back();
+        if (!top.keys.insert(key).second) {
+          fail(ExitCode::kUsage, file_, ": duplicate key '", child(parentPath(), key), "'");
+        }
+        top.key = key;
+        break;
+      }
+      case Event::value: startElement(); break;
+    }
+    return true;
+  }
+
+ private:
+  struct Frame {
+    bool is_object;
+    std::unordered_set<std::string> keys;  // objects: keys seen so far
+    std::string key;                       // objects: key of the value being parsed
+    std::size_t index;                     // arrays: index of the element being parsed
+    std::size_t count;                     // arrays: elements started so far
+  };
+
+  void startElement() {
+    if (!frames_.empty() && !frames_.back().is_object) {
+      frames_.back().index = frames_.back().count++;
+    }
+  }
+
+  // JSON path of the innermost open container.
+  std::string parentPath() const {
+    std::string path;
+    for (std::size_t i = 0; i + 1 < frames_.size(); ++i) {
+      const Frame& f = frames_[i];
+      path = f.is_object ? child(path, f.key) : element(path, f.index);
+    }
+    return path;
+  }
+
+  std::string file_;
+  std::vector<Frame> frames_;
+};
+
+Json parseConfigText(const std::string& text, const std::string& file) {
+  BNA_CHECK(text.find_first_not_of(" \t\r\n") != std::string::npos, ExitCode::kUsage, file,
+            ": config file is empty");
+  ParseGuard guard(file);
+  Json root;
+  try {
+    root = Json::parse(
+        text,
+        [&guard](int depth, nlohmann::detail::parse_event_t event, Json& parsed) {
+          return guard.onEvent(depth, event, parsed);
+        },
+        /*allow_exceptions=*/true, /*ignore_comments=*/true);
+  } catch (const nlohmann::json::parse_error& e) {
+    fail(ExitCode::kUsage, file, ": invalid JSON at byte ", e.byte, ": ", jsonMessage(e.what()));
+  } catch (const nlohmann::json::exception& e) {
+    fail(ExitCode::kUsage, file, ": invalid JSON: ", jsonMessage(e.what()));
+  }
+  BNA_CHECK(root.is_object(), ExitCode::kUsage, file,
+            ": the top level must be a JSON object, found ", describe(root));
+  return root;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Typed access to the parsed document.
+
+// Values read from the config file; absent ones stay empty.
+struct FileValues {
+  std::optional<std::string> model, data, output, stats_output, report;
+  std::optional<int64_t> samples;     // bnadapt_dist.samples
+  std::optional<int64_t> batch_size;  // bnadapt_dist.batch_size, else top-level batch_size
+  std::optional<Weighting> weighting;
+  std::optional<int> threads;
+  std::optional<uint64_t> seed;
+  // compression[*].initializer.batchnorm_adaptation.num_bn_adaptation_samples: (path, value).
+  std::vector<std::pair<std::string, int64_t>> nncf_samples;
+  std::vector<int64_t> sample_shape;
+  std::vector<std::string> algorithms;
+  std::vector<std::string> ignored_keys;
+};
+
+class ConfigReader {
+ public:
+  explicit ConfigReader(std::string file) : file_(std::move(file)) {}
+
+  FileValues read(const Json& root) {
+    for (const auto& [key, value] : root.items()) {
+      if (key == kSection) {
+        readSection(value, key);
+      } else if (key == "input_info") {
+        readInputInfo(value, key);
+      } else if (key == "compression") {
+        readCompression(value, key);
+      } else if (key == "batch_size") {
+        top_batch_size_ = static_cast<int64_t>(
+            readUnsigned(value, key, 1, kMaxBatchSize, "a positive integer at most 1000000"));
+      } else {
+        checkNotNearMiss(key, usedTopLevelKeys(), key);
+        out_.ignored_keys.push_back(key);
+      }
+    }
+    if (!out_.batch_size) out_.batch_size = top_batch_size_;
+    return std::move(out_);
+  }
+
+ private:
+  [[noreturn]] void typeError(const std::string& path, const std::string& expected,
+                              const Json& found) const {
+    fail(ExitCode::kUsage, file_, ": ", path, ": expected ", expected, ", found ", describe(found));
+  }
+
+  [[noreturn]] void unknownKey(const std::string& path, const std::string& key,
+                               const std::vector<std::string>& valid) const {
+    const std::string near = nearestKey(key, valid);
+    if (!near.empty()) {
+      fail(ExitCode::kUsage, file_, ": unknown key '", path, "'; did you mean '", near, "'?");
+    }
+    fail(ExitCode::kUsage, file_, ": unknown key '", path,
+         "'; valid keys: ", joinQuoted(valid, "'"));
+  }
+
+  // A key that is not one of `used` but nearly is (a typo of a section we read, which would
+  // otherwise be silently ignored).
+  void checkNotNearMiss(const std::string& key, const std::vector<std::string>& used,
+                        const std::string& path) const {
+    for (const std::string& u : used) {
+      if (editDistance(key, u) <= 2) {
+        fail(ExitCode::kUsage, file_, ": unknown key '", path, "'; did you mean '", u, "'?");
+      }
+    }
+  }
+
+  const Json& requireObject(const Json& v, const std::string& path) const {
+    if (!v.is_object()) typeError(path, "an object", v);
+    return v;
+  }
+
+  uint64_t readUnsigned(const Json& v, const std::string& path, uint64_t min, uint64_t max,
+                        const std::string& expected) const {
+    uint64_t value = 0;
+    if (v.is_number_unsigned()) {
+      value = v.get<uint64_t>();
+    } else if (v.is_number_integer() && v.get<int64_t>() >= 0) {
+      value = static_cast<uint64_t>(v.get<int64_t>());
+    } else {
+      typeError(path, expected, v);
+    }
+    if (value < min || value > max) typeError(path, expected, v);
+    return value;
+  }
+
+  std::string readPath(const Json& v, const std::string& path) const {
+    if (!v.is_string() || v.get<std::string>().empty()) typeError(path, "a path string", v);
+    return v.get<std::string>();
+  }
+
+  // Relative paths in the file are relative to the file's directory.
+  std::string resolve(const std::string& p) const {
+    const fs::path path(p);
+    const fs::path dir = fs::path(file_).parent_path();
+    if (path.is_absolute() || dir.empty()) return p;
+    return (dir / path).string();
+  }
+
+  void readSection(const Json& section, const std::string& path) {
+    requireObject(section, path);
+    for (const auto& [key, v] : section.items()) {
+      const std::string p = child(path, key);
+      if (key == "model") {
+        out_.model = resolve(readPath(v, p));
+      } else if (key == "data") {
+        const std::string data = readPath(v, p);
+        out_.data = data == "synthetic" ? data : resolve(data);
+      } else if (key == "output") {
+        out_.output = resolve(readPath(v, p));
+      } else if (key == "stats_output") {
+        out_.stats_output = resolve(readPath(v, p));
+      } else if (key == "report") {
+        out_.report = resolve(readPath(v, p));
+      } else if (key == "samples") {
+        out_.samples = static_cast<int64_t>(
+            readUnsigned(v, p, 1, kMaxSamples, "a positive integer at most 1000000000000"));
+      } else if (key == "batch_size") {
+        out_.batch_size = static_cast<int64_t>(
+            readUnsigned(v, p, 1, kMaxBatchSize, "a positive integer at most 1000000"));
+      } else if (key == "threads") {
+        out_.threads = static_cast<int>(
+            readUnsigned(v, p, 0, kMaxThreads, "a non-negative integer at most 65536"));
+      } else if (key == "seed") {
+        out_.seed = readUnsigned(v, p, 0, kMaxSeed, "a non-negative integer below 2^64");
+      } else if (key == "weighting") {
+        const std::string expected = "\"samples\" or \"batches\"";
+        if (!v.is_string()) typeError(p, expected, v);
+        const std::string w = v.get<std::string>();
+        if (w == "samples") {
+          out_.weighting = Weighting::kSamples;
+        } else if (w == "batches") {
+          out_.weighting = Weighting::kBatches;
+        } else {
+          typeError(p, expected, v);
+        }
+      } else {
+        unknownKey(p, key, sectionKeys());
+      }
+    }
+  }
+
+  void readInputInfo(const Json& v, const std::string& path) {
+    if (v.is_array()) {
+      BNA_CHECK(!v.empty(), ExitCode::kUsage, file_, ": ", path,
+                ": expected one input, found an empty list");
+      BNA_CHECK(v.size() == 1, ExitCode::kUsage, file_, ": ", path, ": ", v.size(),
+                " entries: multiple inputs not supported");
+      readOneInput(v[0], element(path, 0));
+      return;
+    }
+    if (!v.is_object()) typeError(path, "an object or a list of one object", v);
+    readOneInput(v, path);
+  }
+
+  void readOneInput(const Json& v, const std::string& path) {
+    requireObject(v, path);
+    bool have_size = false;
+    for (const auto& [key, value] : v.items()) {
+      const std::string p = child(path, key);
+      if (key != "sample_size") {
+        out_.ignored_keys.push_back(p);
+        continue;
+      }
+      const std::string expected = "an array of at least 2 positive integers";
+      if (!value.is_array() || value.size() < 2) typeError(p, expected, value);
+      for (std::size_t i = 0; i < value.size(); ++i) {
+        const uint64_t dim = readUnsigned(value[i], element(p, i), 1, kMaxDim,
+                                          "a positive integer at most 2147483647");
+        if (i > 0) out_.sample_shape.push_back(static_cast<int64_t>(dim));
+      }
+      have_size = true;
+    }
+    BNA_CHECK(have_size, ExitCode::kUsage, file_, ": ", path,
+              ": missing \"sample_size\" (e.g. [1, 3, 224, 224], batch dimension first)");
+  }
+
+  void readCompression(const Json& v, const std::string& path) {
+    if (v.is_object()) {
+      readAlgorithm(v, path);
+      return;
+    }
+    if (!v.is_array()) typeError(path, "an object or a list of objects", v);
+    for (std::size_t i = 0; i < v.size(); ++i) readAlgorithm(v[i], element(path, i));
+  }
+
+  void readAlgorithm(const Json& v, const std::string& path) {
+    requireObject(v, path);
+    bool have_algorithm = false;
+    for (const auto& [key, value] : v.items()) {
+      const std::string p = child(path, key);
+      if (key == "algorithm") {
+        if (!value.is_string() || value.get<std::string>().empty()) {
+          typeError(p, "an algorithm name string", value);
+        }
+        out_.algorithms.push_back(value.get<std::string>());
+        have_algorithm = true;
+      } else if (key == "initializer") {
+        readInitializer(value, p);
+      } else {
+        out_.ignored_keys.push_back(p);
+      }
+    }
+    BNA_CHECK(have_algorithm, ExitCode::kUsage, file_, ": ", path,
+              ": missing \"algorithm\" (e.g. \"quantization\")");
+  }
+
+  void readInitializer(const Json& v, const std::string& path) {
+    requireObject(v, path);
+    for (const auto& [key, value] : v.items()) {
+      const std::string p = child(path, key);
+      if (key == "batchnorm_adaptation") {
+        readBnAdaptation(value, p);
+      } else {
+        out_.ignored_keys.push_back(p);
+      }
+    }
+  }
+
+  void readBnAdaptation(const Json& v, const std::string& path) {
+    requireObject(v, path);
+    for (const auto& [key, value] : v.items()) {
+      const std::string p = child(path, key);
+      if (key == kNncfSamplesKey) {
+        const uint64_t n =
+            readUnsigned(value, p, 1, kMaxSamples, "a positive integer at most 1000000000000");
+        out_.nncf_samples.emplace_back(p, static_cast<int64_t>(n));
+      } else if (key == "num_bn_forget_samples") {
+        out_.ignored_keys.push_back(p);
+      } else {
+        unknownKey(p, key, bnAdaptationKeys());
+      }
+    }
+  }
+
+  std::string file_;
+  FileValues out_;
+  std::optional<int64_t> top_batch_size_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Command line.
+
+enum class FlagKind { kConfig, kPath, kData, kSamples, kBatchSize, kWeighting, kThreads, kSeed };
+
+struct FlagSpec {
+  const char* name;  // without the leading "--"
+  FlagKind kind;
+};
+
+const std::vector<FlagSpec>& flagSpecs() {
+  static const std::vector<FlagSpec> specs = {{"config", FlagKind::kConfig},
+                                              {"model", FlagKind::kPath},
+                                              {"data", FlagKind::kData},
+                                              {"samples", FlagKind::kSamples},
+                                              {"batch-size", FlagKind::kBatchSize},
+                                              {"weighting", FlagKind::kWeighting},
+                                              {"output", FlagKind::kPath},
+                                              {"stats-output", FlagKind::kPath},
+                                              {"report", FlagKind::kPath},
+                                              {"threads", FlagKind::kThreads},
+                                              {"seed", FlagKind::kSeed}};
+  return specs;
+}
+
+// Strict decimal parse: digits only, no sign, no spaces; nullopt on overflow.
+std::optional<uint64_t> parseDecimal(const std::string& s) {
+  if (s.empty() || s.size() > 20) return std::nullopt;
+  uint64_t value = 0;
+  for (const char c : s) {
+    if (c < '0' || c > '9') return std::nullopt;
+    const uint64_t digit = static_cast<uint64_t>(c - '0');
+    if (value > (std::numeric_limits<uint64_t>::max() - digit) / 10) return std::nullopt;
+    value = value * 10 + digit;
+  }
+  return value;
+}
+
+uint64_t flagUnsigned(const std::string& flag, const std::string& value, uint64_t min, uint64_t max,
+                      const std::string& expected) {
+  const std::optional<uint64_t> v = parseDecimal(value);
+  if (!v || *v < min || *v > max) {
+    fail(ExitCode::kUsage, "option '", flag, "': expected ", expected, ", found '", shorten(value),
+         "'");
+  }
+  return *v;
+}
+
+struct FlagValues {
+  std::optional<std::string> config, model, data, output, stats_output, report;
+  std::optional<int64_t> samples, batch_size;
+  std::optional<Weighting> weighting;
+  std::optional<int> threads;
+  std::optional<uint64_t> seed;
+};
+
+[[noreturn]] void unknownOption(const std::string& flag) {
+  std::vector<std::string> names;
+  for (const FlagSpec& spec : flagSpecs()) names.emplace_back(spec.name);
+  names.emplace_back("help");
+  std::string bare = flag;
+  bare.erase(0, bare.find_first_not_of('-'));
+  const std::string near = nearestKey(bare, names);
+  if (!near.empty()) {
+    fail(ExitCode::kUsage, "unknown option '", flag, "'; did you mean '--", near, "'?");
+  }
+  fail(ExitCode::kUsage, "unknown option '", flag, "'; valid options: --", [&names] {
+    std::string all;
+    for (std::size_t i = 0; i < names.size(); ++i) all += (i ? ", --" : "") + names[i];
+    return all;
+  }());
+}
+
+void storeFlag(FlagValues& out, const FlagSpec& spec, const std::string& flag,
+               const std::string& value) {
+  const std::string name = spec.name;
+  const auto set = [&flag](auto& slot, auto v) {
+    BNA_CHECK(!slot.has_value(), ExitCode::kUsage, "option '", flag, "' given more than once");
+    slot = std::move(v);
+  };
+  switch (spec.kind) {
+    case FlagKind::kConfig: set(out.config, value); break;
+    case FlagKind::kData: set(out.data, value); break;
+    case FlagKind::kPath:
+      if (name == "model") {
+        set(out.model, value);
+      } else if (name == "output") {
+        set(out.output, value);
+      } else if (name == "stats-output") {
+        set(out.stats_output, value);
+      } else {
+        set(out.report, value);
+      }
+      break;
+    case FlagKind::kSamples:
+      set(out.samples,
+          static_cast<int64_t>(flagUnsigned(flag, value, 1, kMaxSamples,
+                                            "a positive integer at most 1000000000000")));
+      break;
+    case FlagKind::kBatchSize:
+      set(out.batch_size, static_cast<int64_t>(flagUnsigned(flag, value, 1, kMaxBatchSize,
+                                                            "a positive integer at most 1000000")));
+      break;
+    case FlagKind::kThreads:
+      set(out.threads, static_cast<int>(flagUnsigned(flag, value, 0, kMaxThreads,
+                                                     "a non-negative integer at most 65536")));
+      break;
+    case FlagKind::kSeed:
+      set(out.seed, flagUnsigned(flag, value, 0, kMaxSeed, "a non-negative integer below 2^64"));
+      break;
+    case FlagKind::kWeighting:
+      if (value == "samples") {
+        set(out.weighting, Weighting::kSamples);
+      } else if (value == "batches") {
+        set(out.weighting, Weighting::kBatches);
+      } else {
+        fail(ExitCode::kUsage, "option '", flag, "': expected 'samples' or 'batches', found '",
+             shorten(value), "'");
+      }
+      break;
+  }
+}
+
+FlagValues parseFlags(const std::vector<std::string>& args) {
+  FlagValues out;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (arg.size() < 2 || arg[0] != '-' || arg == "--") {
+      fail(ExitCode::kUsage, "unexpected argument '", shorten(arg),
+           "': options are --name VALUE or --name=VALUE (see --help)");
+    }
+    const std::size_t eq = arg.find('=');
+    const std::string flag = arg.substr(0, eq);
+    const FlagSpec* spec = nullptr;
+    for (const FlagSpec& s : flagSpecs()) {
+      if (flag == std::string("--") + s.name) spec = &s;
+    }
+    if (spec == nullptr) unknownOption(flag);
+    std::string value;
+    if (eq != std::string::npos) {
+      value = arg.substr(eq + 1);
+    } else {
+      BNA_CHECK(i + 1 < args.size(), ExitCode::kUsage, "option '", flag, "' needs a value");
+      const std::string& next = args[i + 1];
+      BNA_CHECK(next.compare(0, 2, "--") != 0 || next.size() == 2, ExitCode::kUsage, "option '",
+                flag, "' needs a value, found option '", shorten(next), "'");
+      value = next;
+      ++i;
+    }
+    BNA_CHECK(!value.empty(), ExitCode::kUsage, "option '", flag, "' needs a non-empty value");
+    storeFlag(out, *spec, flag, value);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Merging.
+
+template <typename T>
+T pick(const std::optional<T>& flag, const std::optional<T>& file, T fallback) {
+  if (flag) return *flag;
+  if (file) return *file;
+  return fallback;
+}
+
+std::string inConfig(const std::string& config) {
+  return config.empty() ? std::string("in a --config file") : "in " + config;
+}
+
+int64_t pickSamples(const FlagValues& flags, const FileValues& file, const std::string& config) {
+  if (flags.samples) return *flags.samples;
+  if (file.samples) return *file.samples;
+  const auto& nncf = file.nncf_samples;
+  if (nncf.empty()) {
+    fail(ExitCode::kUsage, "no sample count given: pass --samples N or set ", kSection,
+         ".samples or compression.", kBnAdaptationPath, ".", kNncfSamplesKey, " ",
+         inConfig(config));
+  }
+  for (const auto& [path, value] : nncf) {
+    if (value != nncf.front().second) {
+      fail(ExitCode::kUsage, config, ": ", nncf.front().first, " = ", nncf.front().second, " and ",
+           path, " = ", value, " disagree; pass --samples N or set ", kSection,
+           ".samples to choose");
+    }
+  }
+  return nncf.front().second;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+
+std::size_t editDistance(const std::string& a, const std::string& b) {
+  const std::size_t n = a.size();
+  const std::size_t m = b.size();
+  // d[i][j]: distance between a[0, i) and b[0, j), rows kept as a flat (n+1) x (m+1) table.
+  std::vector<std::size_t> d((n + 1) * (m + 1));
+  const auto at = [m, &d](std::size_t i, std::size_t j) -> std::size_t& {
+    return d[i * (m + 1) + j];
+  };
+  for (std::size_t i = 0; i <= n; ++i) at(i, 0) = i;
+  for (std::size_t j = 0; j <= m; ++j) at(0, j) = j;
+  for (std::size_t i = 1; i <= n; ++i) {
+    for (std::size_t j = 1; j <= m; ++j) {
+      const std::size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
+      std::size_t best = std::min({at(i - 1, j) + 1, at(i, j - 1) + 1, at(i - 1, j - 1) + cost});
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) {
+        best = std::min(best, at(i - 2, j - 2) + 1);
+      }
+      at(i, j) = best;
+    }
+  }
+  return at(n, m);
+}
+
+std::string nearestKey(const std::string& key, const std::vector<std::string>& candidates) {
+  const std::size_t limit = std::max<std::size_t>(2, key.size() / 3);
+  std::string best;
+  std::size_t best_distance = std::numeric_limits<std::size_t>::max();
+  for (const std::string& c : candidates) {
+    const std::size_t d = editDistance(key, c);
+    if (d < best_distance) {
+      best = c;
+      best_distance = d;
+    }
+  }
+  return best_distance <= limit ? best : std::string();
+}
+
+std::string usage() {
+  return R"(Usage: bnadapt_dist [--config FILE] --model PATH --data PATH --samples N [options]
+
+Recomputes the BatchNorm statistics of a TorchScript model over calibration data, with the
+work spread across MPI ranks.
+
+Options (each also as --name=VALUE; options override the config file):
+  --config FILE        NNCF-style JSON config (comments allowed); its "bnadapt_dist"
+                       section takes the options below as keys, with '_' for '-'
+  --model PATH         TorchScript model                           (bnadapt_dist.model)
+  --data PATH          calibration data, or "synthetic"            (bnadapt_dist.data)
+  --samples N          number of calibration samples               (bnadapt_dist.samples, else
+                       compression.initializer.batchnorm_adaptation.num_bn_adaptation_samples)
+  --batch-size N       batch size, default 32                      (bnadapt_dist.batch_size,
+                                                                    else top-level batch_size)
+  --weighting MODE     weight batch statistics by "samples" (default) or "batches"
+  --output PATH        write the model with the new BatchNorm buffers
+  --stats-output PATH  write the BatchNorm buffers alone
+  --report PATH        write a JSON report
+  --threads N          threads per rank; 0 (default) = cores / local ranks
+  --seed N             random seed, default 0
+  -h, --help           print this help and exit
+
+The sample shape comes from the config's input_info.sample_size (batch dimension first).
+Relative paths in the config file are relative to the config file's directory.
+Exit codes: 0 ok, 1 internal, 2 usage, 3 data, 4 model, 5 communication, 6 output.
+)";
+}
+
+Settings parseSettings(const std::vector<std::string>& args) {
+  for (const std::string& arg : args) {
+    if (arg == "--help" || arg == "-h") throw HelpRequested();
+  }
+  const FlagValues flags = parseFlags(args);
+
+  Settings s;
+  FileValues file;
+  if (flags.config) {
+    s.config_path = *flags.config;
+    const Json root = parseConfigText(readConfigText(s.config_path), s.config_path);
+    file = ConfigReader(s.config_path).read(root);
+  }
+  const std::string where = inConfig(s.config_path);
+
+  BNA_CHECK(flags.model || file.model, ExitCode::kUsage,
+            "no model given: pass --model PATH or set ", kSection, ".model ", where);
+  BNA_CHECK(flags.data || file.data, ExitCode::kUsage,
+            "no data given: pass --data PATH (or --data synthetic) or set ", kSection, ".data ",
+            where);
+  s.model_path = pick(flags.model, file.model, std::string());
+  s.data_path = pick(flags.data, file.data, std::string());
+  s.sample_shape = file.sample_shape;
+  s.samples = pickSamples(flags, file, s.config_path);
+  s.batch_size = pick(flags.batch_size, file.batch_size, kDefaultBatchSize);
+  s.weighting = pick(flags.weighting, file.weighting, Weighting::kSamples);
+  s.seed = pick(flags.seed, file.seed, uint64_t{0});
+  s.output_path = pick(flags.output, file.output, std::string());
+  s.stats_output_path = pick(flags.stats_output, file.stats_output, std::string());
+  s.report_path = pick(flags.report, file.report, std::string());
+  s.threads = pick(flags.threads, file.threads, 0);
+  s.compression_algorithms = std::move(file.algorithms);
+  s.ignored_keys = std::move(file.ignored_keys);
+  return s;
+}
+
+}  // namespace bnadapt::config

@@ -1,0 +1,44 @@
+// The validated, immutable settings of one run: config file + command line flags.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace bnadapt::config {
+
+enum class Weighting { kSamples, kBatches };
+
+const char* weightingName(Weighting w);
+
+struct Settings {
+  // Inputs.
+  std::string model_path;   // --model / bnadapt_dist.model
+  std::string data_path;    // --data / bnadapt_dist.data ("synthetic" for seeded normal data)
+  // Sample shape without the batch dimension, from input_info.sample_size (which includes
+  // the batch dimension, as NNCF writes it). Empty when not given.
+  std::vector<int64_t> sample_shape;
+
+  // Budget and batching.
+  int64_t samples = 0;     // --samples / compression.initializer.batchnorm_adaptation.num_bn_adaptation_samples
+  int64_t batch_size = 0;  // --batch-size / bnadapt_dist.batch_size (else NNCF top-level batch_size)
+  Weighting weighting = Weighting::kSamples;
+  uint64_t seed = 0;
+
+  // Outputs (empty: not written).
+  std::string output_path;        // --output: TorchScript model with new buffers
+  std::string stats_output_path;  // --stats-output: dict of BN buffers
+  std::string report_path;        // --report: JSON report
+
+  int threads = 0;  // --threads; 0 = cores / local ranks
+
+  // From NNCF's compression section: algorithm names, in order ("quantization", ...).
+  std::vector<std::string> compression_algorithms;
+  // Top-level and nested NNCF keys we accept but do not use, as JSON paths; logged once.
+  std::vector<std::string> ignored_keys;
+  // Where the settings came from (config path or empty), for messages.
+  std::string config_path;
+};
+
+}  // namespace bnadapt::config

@@ -1,0 +1,115 @@
+#include "io/files.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <random>
+
+namespace bnadapt::io {
+namespace {
+
+std::string dirOf(const std::string& path) {
+  const auto slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+void fsyncPath(const std::string& path, bool directory) {
+  const int fd = ::open(path.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
+  BNA_CHECK(fd >= 0, ExitCode::kOutput, "cannot open ", path, " to sync it: ",
+            std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  BNA_CHECK(rc == 0, ExitCode::kOutput, "fsync of ", path, " failed: ", std::strerror(err));
+}
+
+}  // namespace
+
+std::vector<char> readFile(const std::string& path, const std::string& what, ExitCode code) {
+  struct stat st {};
+  BNA_CHECK(::stat(path.c_str(), &st) == 0, code, what, " '", path,
+            "' cannot be read: ", std::strerror(errno));
+  BNA_CHECK(S_ISREG(st.st_mode), code, what, " '", path, "' is not a regular file");
+  std::ifstream in(path, std::ios::binary);
+  BNA_CHECK(in.good(), code, what, " '", path, "' cannot be opened: ", std::strerror(errno));
+  std::vector<char> bytes(static_cast<size_t>(st.st_size));
+  in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  BNA_CHECK(in.gcount() == static_cast<std::streamsize>(bytes.size()), code, what, " '", path,
+            "': short read (", in.gcount(), " of ", bytes.size(), " bytes)");
+  return bytes;
+}
+
+bool sameFile(const std::string& a, const std::string& b) {
+  struct stat sa {}, sb {};
+  if (::stat(a.c_str(), &sa) != 0 || ::stat(b.c_str(), &sb) != 0) return false;
+  return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+StagedFile::StagedFile(std::string path,
+                       const std::function<void(const std::string& tmp_path)>& write_tmp)
+    : path_(std::move(path)) {
+  const std::string dir = dirOf(path_);
+  struct stat st {};
+  BNA_CHECK(::stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode), ExitCode::kOutput,
+            "cannot write '", path_, "': folder '", dir, "' does not exist");
+  BNA_CHECK(::access(dir.c_str(), W_OK) == 0, ExitCode::kOutput, "cannot write '", path_,
+            "': folder '", dir, "' is not writable");
+  std::random_device rd;
+  const std::string base = path_.substr(path_.find_last_of('/') + 1);
+  tmp_ = dir + "/." + base + ".tmp." + std::to_string(::getpid()) + "." +
+         std::to_string(rd() % 1000000);
+  try {
+    write_tmp(tmp_);
+    fsyncPath(tmp_, false);
+  } catch (const Error&) {
+    std::remove(tmp_.c_str());
+    throw;
+  } catch (const std::exception& e) {
+    std::remove(tmp_.c_str());
+    fail(ExitCode::kOutput, "cannot write '", path_, "': ", e.what());
+  }
+}
+
+StagedFile::StagedFile(StagedFile&& other) noexcept
+    : path_(std::move(other.path_)), tmp_(std::move(other.tmp_)) {
+  other.tmp_.clear();
+}
+
+StagedFile::~StagedFile() noexcept {
+  if (!tmp_.empty()) std::remove(tmp_.c_str());
+}
+
+void StagedFile::commit() {
+  BNA_ASSERT(!tmp_.empty(), "commit of ", path_, " twice");
+  BNA_CHECK(std::rename(tmp_.c_str(), path_.c_str()) == 0, ExitCode::kOutput, "cannot rename ",
+            tmp_, " to ", path_, ": ", std::strerror(errno));
+  tmp_.clear();
+  fsyncPath(dirOf(path_), true);
+}
+
+void writeAtomically(const std::string& path,
+                     const std::function<void(const std::string& tmp_path)>& write_tmp) {
+  StagedFile(path, write_tmp).commit();
+}
+
+std::function<void(const std::string&)> bytesWriter(std::string bytes) {
+  return [bytes = std::move(bytes)](const std::string& tmp) {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    BNA_CHECK(out.good(), ExitCode::kOutput, "cannot create ", tmp, ": ", std::strerror(errno));
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out.flush();
+    BNA_CHECK(out.good(), ExitCode::kOutput, "write to ", tmp, " failed: ", std::strerror(errno));
+  };
+}
+
+void writeFileAtomically(const std::string& path, const std::string& bytes) {
+  writeAtomically(path, bytesWriter(bytes));
+}
+
+}  // namespace bnadapt::io

@@ -1,0 +1,50 @@
+// File helpers: whole-file reads, atomic writes, and the "never write over an input" check.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+
+namespace bnadapt::io {
+
+// Reads a whole file; a missing or unreadable file fails with `code`, naming `what` and path.
+std::vector<char> readFile(const std::string& path, const std::string& what, ExitCode code);
+
+// True when both paths name the same existing file (symlinks and hard links included).
+bool sameFile(const std::string& a, const std::string& b);
+
+// A file written to a temp beside its target and fsynced; commit() renames it into place
+// and fsyncs the folder. Destroyed uncommitted, it removes the temp: the target is either
+// untouched or complete. Stage every output first, then commit them all.
+class StagedFile {
+ public:
+  StagedFile(std::string path, const std::function<void(const std::string& tmp_path)>& write_tmp);
+  ~StagedFile() noexcept;
+  StagedFile(StagedFile&& other) noexcept;
+  StagedFile(const StagedFile&) = delete;
+  StagedFile& operator=(const StagedFile&) = delete;
+  StagedFile& operator=(StagedFile&&) = delete;
+
+  const std::string& path() const { return path_; }
+  void commit();
+
+ private:
+  std::string path_;
+  std::string tmp_;
+};
+
+// Writes `path` atomically: `write_tmp` writes a temp file in the same folder, which is
+// fsynced and renamed over `path`, then the folder is fsynced. On any failure the temp is
+// removed and `path` is untouched. Errors are kOutput and name the path.
+void writeAtomically(const std::string& path,
+                     const std::function<void(const std::string& tmp_path)>& write_tmp);
+
+// Convenience: atomically writes bytes.
+void writeFileAtomically(const std::string& path, const std::string& bytes);
+
+// A write_tmp function that writes `bytes`.
+std::function<void(const std::string&)> bytesWriter(std::string bytes);
+
+}  // namespace bnadapt::io

@@ -1,0 +1,244 @@
+#include "model/adaptable_model.h"
+
+#include <regex>
+#include <sstream>
+#include <unordered_map>
+#include <unordered_set>
+
+#include <torch/csrc/jit/ir/ir.h>
+#include <torch/csrc/jit/passes/inliner.h>
+#include <torch/library.h>
+
+#include "common/error.h"
+#include "model/torch_errors.h"
+
+namespace bnadapt::model {
+namespace {
+
+// ---- the observe operator ---------------------------------------------------------------
+// bnadapt::observe(x, key) -> x, inserted before every rewritten aten::batch_norm. `key` is
+// the layer's running_mean, which tells the instances of a shared BN type apart.
+
+struct ObserveContext {
+  stats::StatsAccumulator* acc = nullptr;
+  const std::unordered_map<const c10::TensorImpl*, size_t>* keys = nullptr;
+  const std::vector<BnLayer>* layers = nullptr;
+  std::string failure;  // set when a layer rejects its input
+};
+thread_local ObserveContext* t_context = nullptr;
+
+at::Tensor observeOp(const at::Tensor& x, const c10::optional<at::Tensor>& key) {
+  ObserveContext* ctx = t_context;
+  if (ctx == nullptr || !key.has_value()) return x;  // run outside calibration: a no-op
+  auto it = ctx->keys->find(key->unsafeGetTensorImpl());
+  if (it == ctx->keys->end()) {
+    ctx->failure = "a BatchNorm layer that was not registered ran (its running_mean changed?)";
+    throw std::runtime_error(ctx->failure);
+  }
+  try {
+    ctx->acc->observe(it->second, x);
+  } catch (const std::exception& e) {
+    ctx->failure = "layer '" + (*ctx->layers)[it->second].name + "': " + e.what();
+    throw;
+  }
+  return x;
+}
+
+TORCH_LIBRARY(bnadapt, m) {
+  m.def(torch::schema("bnadapt::observe(Tensor x, Tensor? key) -> Tensor",
+                      c10::AliasAnalysisKind::CONSERVATIVE),
+        &observeOp);
+}
+
+class ContextScope {
+ public:
+  explicit ContextScope(ObserveContext* ctx) { t_context = ctx; }
+  ~ContextScope() { t_context = nullptr; }
+};
+
+// ---- graph helpers -----------------------------------------------------------------------
+
+void collect(torch::jit::Block* block, c10::Symbol kind, std::vector<torch::jit::Node*>& out) {
+  for (torch::jit::Node* node : block->nodes()) {
+    if (node->kind() == kind) out.push_back(node);
+    for (torch::jit::Block* sub : node->blocks()) collect(sub, kind, out);
+  }
+}
+
+std::shared_ptr<torch::jit::Graph> forwardGraph(const torch::jit::Module& m) {
+  auto method = m.find_method("forward");
+  if (!method) return nullptr;
+  return torch::jit::toGraphFunction(method->function()).graph();
+}
+
+std::vector<double> toDoubles(const at::Tensor& t) {
+  at::Tensor d = t.detach().to(at::kDouble).contiguous().cpu();
+  return std::vector<double>(d.data_ptr<double>(), d.data_ptr<double>() + d.numel());
+}
+
+bool isTensorAttr(const torch::jit::Module& m, const std::string& name) {
+  return m.hasattr(name) && m.attr(name).isTensor();
+}
+
+torch::jit::Module loadModule(const std::string& path) {
+  try {
+    return torch::jit::load(path, c10::Device(c10::kCPU));
+  } catch (const std::exception& e) {
+    fail(ExitCode::kModel, "model '", path, "' cannot be loaded as TorchScript: ",
+         summarizeTorchError(e),
+         " (expected an archive from torch.jit.script(...).save or torch.jit.trace(...).save)");
+  }
+}
+
+const std::regex kBnName("^BatchNorm[123]d$");
+
+}  // namespace
+
+AdaptableModel::AdaptableModel(const std::string& path)
+    : path_(path), calib_(loadModule(path)), output_(loadModule(path)) {
+  calib_.eval();
+  discover();
+}
+
+AdaptableModel::~AdaptableModel() = default;
+
+void AdaptableModel::discover() {
+  std::unordered_map<std::string, torch::jit::Module> outputs;
+  for (const auto& item : output_.named_modules()) outputs.emplace(item.name, item.value);
+
+  std::unordered_set<const torch::jit::Graph*> rewritten;
+  const c10::Symbol batch_norm = c10::Symbol::fromQualString("aten::batch_norm");
+  const c10::Symbol observe = c10::Symbol::fromQualString("bnadapt::observe");
+  for (const auto& item : calib_.named_modules()) {
+    const torch::jit::Module& m = item.value;
+    const std::string kind = m.type()->name() ? m.type()->name()->name() : "";
+    if (!std::regex_match(kind, kBnName)) continue;
+    const std::string name = item.name.empty() ? std::string("<root>") : item.name;
+    if (!isTensorAttr(m, "running_mean") || !isTensorAttr(m, "running_var")) {
+      skipped_.push_back({name, kind, "track_running_stats=False (no running buffers)"});
+      continue;
+    }
+    auto graph = forwardGraph(m);
+    BNA_CHECK(graph != nullptr, ExitCode::kModel, "model '", path_, "': layer '", name,
+              "' (", kind, ") has no forward method");
+    BnLayer layer;
+    layer.name = item.name;
+    layer.kind = kind;
+    layer.old_mean = toDoubles(m.attr("running_mean").toTensor());
+    layer.old_var = toDoubles(m.attr("running_var").toTensor());
+    layer.channels = static_cast<int64_t>(layer.old_mean.size());
+    layer.affine = isTensorAttr(m, "weight");
+    if (isTensorAttr(m, "num_batches_tracked")) {
+      layer.old_num_batches_tracked = m.attr("num_batches_tracked").toTensor().item<int64_t>();
+    }
+    BNA_CHECK(static_cast<int64_t>(layer.old_var.size()) == layer.channels, ExitCode::kModel,
+              "model '", path_, "': layer '", name, "' has running_mean of ", layer.channels,
+              " channels but running_var of ", layer.old_var.size());
+
+    if (rewritten.insert(graph.get()).second) {
+      torch::jit::Inline(*graph);
+      std::vector<torch::jit::Node*> bns;
+      collect(graph->block(), batch_norm, bns);
+      BNA_CHECK(bns.size() == 1, ExitCode::kModel, "model '", path_, "': layer '", name, "' (",
+                kind, ") calls aten::batch_norm ", bns.size(), " times in its forward, expected once");
+      torch::jit::Node* bn = bns[0];
+      torch::jit::WithInsertPoint guard(bn);
+      torch::jit::Value* seen = graph->insert(observe, {bn->input(0), bn->input(3)});
+      bn->replaceInput(0, seen);
+      bn->replaceInput(5, graph->insertConstant(true));  // training: batch statistics
+    }
+    std::vector<torch::jit::Node*> bns;
+    collect(graph->block(), batch_norm, bns);
+    if (auto eps = torch::jit::toIValue(bns.at(0)->input(7)); eps && eps->isDouble()) {
+      layer.eps = eps->toDouble();
+    }
+
+    auto out = outputs.find(item.name);
+    BNA_ASSERT(out != outputs.end(), "layer ", name, " missing in the output copy");
+    output_modules_.push_back(out->second);
+    keys_.push_back(m.attr("running_mean").toTensor().unsafeGetTensorImpl());
+    layers_.push_back(std::move(layer));
+  }
+  if (layers_.empty()) {
+    std::string why = skipped_.empty()
+                          ? "it contains no BatchNorm1d/2d/3d module"
+                          : "its " + std::to_string(skipped_.size()) +
+                                " BatchNorm layer(s) all have track_running_stats=False";
+    fail(ExitCode::kModel, "model '", path_, "' has no BatchNorm layer to adapt: ", why);
+  }
+}
+
+std::vector<std::string> AdaptableModel::describeLayers() const {
+  std::vector<std::string> lines;
+  for (const BnLayer& l : layers_) {
+    std::ostringstream os;
+    os.precision(17);
+    os << "layer '" << l.name << "' " << l.kind << " channels=" << l.channels
+       << " eps=" << l.eps << " affine=" << l.affine;
+    lines.push_back(os.str());
+  }
+  for (const SkippedLayer& s : skipped_) {
+    lines.push_back("skipped layer '" + s.name + "' " + s.kind);
+  }
+  return lines;
+}
+
+stats::StatsAccumulator AdaptableModel::makeAccumulator() const {
+  std::vector<std::vector<double>> shifts;
+  for (const BnLayer& l : layers_) shifts.push_back(l.old_mean);
+  return stats::StatsAccumulator(std::move(shifts));
+}
+
+void AdaptableModel::calibrate(const at::Tensor& batch, stats::StatsAccumulator& acc) {
+  std::unordered_map<const c10::TensorImpl*, size_t> keys;
+  for (size_t i = 0; i < keys_.size(); ++i) keys.emplace(keys_[i], i);
+  ObserveContext ctx;
+  ctx.acc = &acc;
+  ctx.keys = &keys;
+  ctx.layers = &layers_;
+  ContextScope scope(&ctx);
+  torch::NoGradGuard no_grad;
+  try {
+    calib_.forward({batch});
+  } catch (const std::exception& e) {
+    if (!ctx.failure.empty()) fail(ExitCode::kData, ctx.failure);
+    fail(ExitCode::kData, "forward of input ", batch.sizes(), " failed: ", summarizeTorchError(e));
+  }
+}
+
+void AdaptableModel::setStatistics(size_t layer, const std::vector<double>& mean,
+                                   const std::vector<double>& var, int64_t batches) {
+  torch::NoGradGuard no_grad;
+  torch::jit::Module& m = output_modules_.at(layer);
+  const auto c = static_cast<int64_t>(mean.size());
+  BNA_ASSERT(c == layers_[layer].channels && var.size() == mean.size());
+  auto assign = [&](const char* buffer, const std::vector<double>& values) {
+    at::Tensor t = m.attr(buffer).toTensor();
+    t.copy_(at::from_blob(const_cast<double*>(values.data()), {c}, at::kDouble));
+  };
+  assign("running_mean", mean);
+  assign("running_var", var);
+  if (isTensorAttr(m, "num_batches_tracked")) {
+    m.attr("num_batches_tracked").toTensor().add_(batches);
+  }
+}
+
+std::vector<std::pair<std::string, at::Tensor>> AdaptableModel::buffers(size_t layer) const {
+  const torch::jit::Module& m = output_modules_.at(layer);
+  const std::string prefix = layers_[layer].name.empty() ? "" : layers_[layer].name + ".";
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const char* b : {"running_mean", "running_var", "num_batches_tracked"}) {
+    if (isTensorAttr(m, b)) out.emplace_back(prefix + b, m.attr(b).toTensor());
+  }
+  return out;
+}
+
+void AdaptableModel::save(const std::string& path) const {
+  try {
+    output_.save(path);
+  } catch (const c10::Error& e) {
+    fail(ExitCode::kOutput, "cannot save model to '", path, "': ", summarizeTorchError(e));
+  }
+}
+
+}  // namespace bnadapt::model

@@ -1,0 +1,86 @@
+// A TorchScript model prepared for exact BatchNorm statistics.
+//
+// Two copies are loaded from the same file:
+//  - the calibration copy: every other module in eval mode; in each BN layer's forward graph
+//    aten::batch_norm is rewritten to normalise with batch statistics (training=true), and a
+//    bnadapt::observe node hands the layer's input to the StatsAccumulator. This works the
+//    same for scripted models (compiled-in momentum) and traced ones (training baked in as a
+//    constant), and captures every call of a layer, even one used twice in a forward.
+//  - the output copy: never rewritten, never run; it receives the new buffers and is what
+//    gets saved, so the saved graphs are the user's own and run in eval mode as before.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/script.h>
+
+#include "stats/accumulator.h"
+
+namespace bnadapt::model {
+
+struct BnLayer {
+  std::string name;  // module path, e.g. "layer1.0.bn1"
+  std::string kind;  // "BatchNorm2d"
+  int64_t channels = 0;
+  double eps = 0;
+  bool affine = false;
+  std::vector<double> old_mean;
+  std::vector<double> old_var;
+  int64_t old_num_batches_tracked = -1;  // -1: no such buffer
+};
+
+struct SkippedLayer {
+  std::string name;
+  std::string kind;
+  std::string reason;
+};
+
+class AdaptableModel {
+ public:
+  // Loads `path` twice and prepares the calibration copy. Errors are kModel and name the
+  // file or layer. A model without any adaptable BN layer is an error.
+  explicit AdaptableModel(const std::string& path);
+  ~AdaptableModel();
+  AdaptableModel(const AdaptableModel&) = delete;
+  AdaptableModel& operator=(const AdaptableModel&) = delete;
+
+  const std::string& path() const { return path_; }
+  const std::vector<BnLayer>& layers() const { return layers_; }
+  const std::vector<SkippedLayer>& skipped() const { return skipped_; }
+
+  // One line per layer (adaptable and skipped), identical on ranks with the same model.
+  std::vector<std::string> describeLayers() const;
+
+  // A StatsAccumulator laid out for these layers, shifted by the old running means.
+  stats::StatsAccumulator makeAccumulator() const;
+
+  // Forwards one batch through the calibration copy; every BN input goes to `acc`.
+  // Throws bnadapt::Error(kData) naming the layer when a batch cannot be used.
+  void calibrate(const at::Tensor& batch, stats::StatsAccumulator& acc);
+
+  // Writes new running_mean/var into the output copy's layer and adds `batches` to its
+  // num_batches_tracked.
+  void setStatistics(size_t layer, const std::vector<double>& mean,
+                     const std::vector<double>& var, int64_t batches);
+  // The output copy's buffers of `layer`, as they are now.
+  std::vector<std::pair<std::string, at::Tensor>> buffers(size_t layer) const;
+
+  // Saves the output copy (TorchScript archive) to `path`.
+  void save(const std::string& path) const;
+
+ private:
+  void discover();
+
+  std::string path_;
+  torch::jit::Module calib_;
+  torch::jit::Module output_;
+  std::vector<BnLayer> layers_;
+  std::vector<SkippedLayer> skipped_;
+  std::vector<torch::jit::Module> output_modules_;  // per layer, in the output copy
+  std::vector<const c10::TensorImpl*> keys_;        // per layer: calibration running_mean
+};
+
+}  // namespace bnadapt::model

@@ -1,0 +1,137 @@
+#include "report/report.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+namespace bnadapt::report {
+namespace {
+
+nlohmann::json summarize(const std::vector<double>& v) {
+  if (v.empty()) return nullptr;
+  double sum = 0;
+  for (double x : v) sum += x;
+  return {{"avg", sum / static_cast<double>(v.size())},
+          {"min", *std::min_element(v.begin(), v.end())},
+          {"max", *std::max_element(v.begin(), v.end())}};
+}
+
+// max over channels of |new mean - old mean| / sqrt(new var + eps)
+double maxShift(const model::BnLayer& layer, const stats::LayerStats& s) {
+  double worst = 0;
+  for (size_t c = 0; c < s.mean.size(); ++c) {
+    worst = std::max(worst, std::fabs(s.mean[c] - layer.old_mean[c]) / std::sqrt(s.var[c] + layer.eps));
+  }
+  return worst;
+}
+
+}  // namespace
+
+nlohmann::json buildReport(const RunSummary& run) {
+  const config::Settings& st = *run.settings;
+  nlohmann::json j;
+  j["tool"] = "bnadapt_dist";
+  j["version"] = BNADAPT_VERSION;
+  j["model"] = st.model_path;
+  j["data"] = run.data_description;
+  j["world_size"] = run.world_size;
+  j["threads_per_rank"] = run.threads_per_rank;
+  j["estimator"] = config::weightingName(st.weighting);
+  j["device"] = "cpu";
+  j["backend"] = "mpi";
+  j["compression_algorithms"] = st.compression_algorithms;
+  j["samples"] = {{"requested", run.plan.requested},
+                  {"rounded", run.plan.rounded},
+                  {"used", run.plan.used},
+                  {"truncated", run.plan.truncated}};
+  j["batch_size"] = run.plan.batch_size;
+  j["global_batches"] = run.plan.num_batches;
+  j["num_batches_tracked_added"] = run.plan.num_batches;
+  nlohmann::json ranks = nlohmann::json::array();
+  for (size_t r = 0; r < run.ranks.size(); ++r) {
+    ranks.push_back({{"rank", r},
+                     {"batches", run.ranks[r].batches},
+                     {"samples", run.ranks[r].samples},
+                     {"forward_seconds", run.ranks[r].forward_seconds}});
+  }
+  j["ranks"] = ranks;
+  nlohmann::json layers = nlohmann::json::array();
+  nlohmann::json unused = nlohmann::json::array();
+  for (size_t i = 0; i < run.layers->size(); ++i) {
+    const model::BnLayer& l = (*run.layers)[i];
+    const stats::LayerStats& s = run.results[i];
+    nlohmann::json lj = {{"name", l.name},
+                         {"kind", l.kind},
+                         {"channels", l.channels},
+                         {"eps", l.eps},
+                         {"affine", l.affine},
+                         {"values_per_channel", s.count},
+                         {"batch_observations", s.batches},
+                         {"old", {{"mean", summarize(l.old_mean)}, {"var", summarize(l.old_var)}}}};
+    if (s.mean.empty()) {
+      lj["adapted"] = false;
+      unused.push_back(l.name);
+    } else {
+      lj["adapted"] = true;
+      lj["new"] = {{"mean", summarize(s.mean)}, {"var", summarize(s.var)}};
+      lj["max_abs_mean_shift_over_sigma"] = maxShift(l, s);
+    }
+    layers.push_back(lj);
+  }
+  j["layers"] = layers;
+  j["unused_layers"] = unused;
+  nlohmann::json skipped = nlohmann::json::array();
+  for (const auto& s : *run.skipped) {
+    skipped.push_back({{"name", s.name}, {"kind", s.kind}, {"reason", s.reason}});
+  }
+  j["skipped_layers"] = skipped;
+  j["timings"] = {{"setup_seconds", run.setup_seconds},
+                  {"forward_seconds", run.forward_seconds},
+                  {"allreduce_seconds", run.allreduce_seconds},
+                  {"total_seconds", run.total_seconds}};
+  return j;
+}
+
+std::vector<std::string> summaryLines(const RunSummary& run) {
+  std::vector<std::string> out;
+  size_t adapted = 0;
+  double worst = 0;
+  std::string worst_name;
+  for (size_t i = 0; i < run.layers->size(); ++i) {
+    if (run.results[i].mean.empty()) continue;
+    ++adapted;
+    const double shift = maxShift((*run.layers)[i], run.results[i]);
+    if (shift >= worst) {
+      worst = shift;
+      worst_name = (*run.layers)[i].name;
+    }
+  }
+  char line[512];
+  std::snprintf(line, sizeof line,
+                "adapted %zu of %zu BN layers from %lld samples in %lld batches on %d rank(s), "
+                "estimator '%s'",
+                adapted, run.layers->size(), static_cast<long long>(run.plan.used),
+                static_cast<long long>(run.plan.num_batches), run.world_size,
+                config::weightingName(run.settings->weighting));
+  out.emplace_back(line);
+  if (adapted > 0) {
+    std::snprintf(line, sizeof line, "largest mean shift: %.3g sigma in layer '%s'", worst,
+                  worst_name.c_str());
+    out.emplace_back(line);
+  }
+  for (const auto& s : *run.skipped) {
+    out.push_back("left alone: layer '" + s.name + "' (" + s.kind + "): " + s.reason);
+  }
+  for (size_t i = 0; i < run.layers->size(); ++i) {
+    if (run.results[i].mean.empty()) {
+      out.push_back("unchanged: layer '" + (*run.layers)[i].name +
+                    "' never ran in the forward pass");
+    }
+  }
+  std::snprintf(line, sizeof line, "time: setup %.2fs, forward %.2fs, all-reduce %.3fs, total %.2fs",
+                run.setup_seconds, run.forward_seconds, run.allreduce_seconds, run.total_seconds);
+  out.emplace_back(line);
+  return out;
+}
+
+}  // namespace bnadapt::report

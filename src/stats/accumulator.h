@@ -1,0 +1,60 @@
+// Per-layer, per-channel float64 sums of BatchNorm inputs, in one flat buffer.
+//
+// Layout (all float64, so one all-reduce of one buffer combines every rank):
+//   for each layer l with C_l channels:
+//     [count, batches, S1[C_l], S2[C_l], BM[C_l], BE2[C_l]]
+//   where, with d = x - K (K: a per-channel shift, the same on every rank),
+//     count   = elements per channel seen (N * spatial, summed over batches)
+//     batches = number of batch observations (forward calls of the layer)
+//     S1 = Σ d,  S2 = Σ d²                         -> "samples" estimator
+//     BM = Σ_b mean_b(d),  BE2 = Σ_b (var_b + mean_b(d)²)  -> "batches" estimator
+// Shifting by K (the layer's previous running_mean) keeps S2 - S1²/n well conditioned when
+// |mean| >> σ; every estimator is shift invariant, so results do not depend on K.
+// Sums are formed from float64 copies of the activations: no float32 cancellation.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "config/settings.h"
+
+namespace bnadapt::stats {
+
+struct LayerStats {
+  std::vector<double> mean;
+  std::vector<double> var;  // unbiased
+  double count = 0;         // elements per channel
+  double batches = 0;       // batch observations
+};
+
+class StatsAccumulator {
+ public:
+  // shifts[l] holds C_l finite values (non-finite entries are replaced by 0).
+  explicit StatsAccumulator(std::vector<std::vector<double>> shifts);
+
+  size_t numLayers() const { return offsets_.size(); }
+  int64_t channels(size_t layer) const { return static_cast<int64_t>(shifts_[layer].size()); }
+
+  // Adds one batch of inputs x [N, C, *] of `layer`. Throws std::invalid_argument when
+  // x has the wrong channel count, fewer than 2 values per channel (no unbiased batch
+  // variance exists), or non-finite values.
+  void observe(size_t layer, const at::Tensor& x);
+
+  // The flat buffer, for the all-reduce (sum) across ranks.
+  std::vector<double>& buffer() { return buffer_; }
+  const std::vector<double>& buffer() const { return buffer_; }
+
+  // Final statistics of one layer from the (reduced) buffer. A layer with count 0 has
+  // empty mean/var.
+  LayerStats finalize(size_t layer, config::Weighting weighting) const;
+
+ private:
+  std::vector<std::vector<double>> shifts_;
+  std::vector<size_t> offsets_;
+  std::vector<double> buffer_;
+};
+
+}  // namespace bnadapt::stats
