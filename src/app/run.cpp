@@ -47,7 +47,7 @@ int agreedPhase(comm::Communicator& comm, const char* phase, const std::function
   } else if (comm.rank() == 0) {
     log::error("rank ", status.failed_rank, " failed during ", phase, ": ", status.message);
   } else if (code != 0 && message != status.message) {
-    log::error(message);  // a different failure of this rank: do not hide it
+    log::warn("also failed: ", message);  // one error line per job; the rest as warnings
   }
   return status.code;
 }

@@ -8,20 +8,20 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
-#include <nlohmann/json.hpp>
 #include <optional>
-#include <sstream>
 #include <system_error>
 #include <unordered_set>
 #include <utility>
+
+#include <nlohmann/json.hpp>
 
 #include "common/error.h"
 
 namespace bnadapt::config {
 namespace {
 
-// ordered_json keeps the file's key order, so errors and ignored keys come in file order.
-using Json = nlohmann::ordered_json;
+// Object keys iterate in sorted order (std::map), so ignored keys are listed sorted by path.
+using Json = nlohmann::json;
 namespace fs = std::filesystem;
 
 constexpr uint64_t kMaxSamples = 1000000000000ULL;  // 1e12
@@ -64,7 +64,7 @@ std::string joinQuoted(const std::vector<std::string>& items, const std::string&
   std::string out;
   for (std::size_t i = 0; i < items.size(); ++i) {
     if (i > 0) out += ", ";
-    out += quote + items[i] + quote;
+    out.append(quote).append(items[i]).append(quote);
   }
   return out;
 }
@@ -136,39 +136,42 @@ std::string readConfigText(const std::string& path) {
   return text;
 }
 
-// Parser callback state: rejects duplicate keys (naming their JSON path) and nesting deeper
-// than kMaxDepth before the deep part is built.
-class ParseGuard {
+// First pass over the text, as a SAX handler: reports syntax errors with their byte position,
+// rejects duplicate keys (naming their JSON path) and nesting deeper than kMaxDepth. It builds
+// nothing, so it is linear in the file size and cannot overflow the stack. (nlohmann's DOM
+// parser with a callback rescans the parent container at every object end, which is quadratic
+// for large arrays of objects; the second pass therefore parses without a callback.)
+class Validator {
  public:
-  explicit ParseGuard(const std::string& file) : file_(file) {}
+  explicit Validator(const std::string& file) : file_(file) {}
 
-  bool onEvent(int depth, nlohmann::detail::parse_event_t event, Json& parsed) {
-    using Event = nlohmann::detail::parse_event_t;
-    switch (event) {
-      case Event::object_start:
-      case Event::array_start:
-        BNA_CHECK(depth < kMaxDepth, ExitCode::kUsage, file_, ": JSON nested deeper than ",
-                  kMaxDepth, " levels");
-        startElement();
-        frames_.push_back(Frame{event == Event::object_start, {}, {}, 0, 0});
-        break;
-      case Event::object_end:
-      case Event::array_end:
-        if (!frames_.empty()) frames_.pop_back();
-        break;
-      case Event::key: {
-        if (frames_.empty() || !frames_.back().is_object) break;
-        const std::string key = parsed.get<std::string>();
-        Frame& top = frames_.back();
-        if (!top.keys.insert(key).second) {
-          fail(ExitCode::kUsage, file_, ": duplicate key '", child(parentPath(), key), "'");
-        }
-        top.key = key;
-        break;
-      }
-      case Event::value: startElement(); break;
+  bool null() { return value(); }
+  bool boolean(bool /*unused*/) { return value(); }
+  bool number_integer(Json::number_integer_t /*unused*/) { return value(); }
+  bool number_unsigned(Json::number_unsigned_t /*unused*/) { return value(); }
+  bool number_float(Json::number_float_t /*unused*/, const std::string& /*unused*/) {
+    return value();
+  }
+  bool string(std::string& /*unused*/) { return value(); }
+  bool binary(Json::binary_t& /*unused*/) { return value(); }
+  bool start_object(std::size_t /*unused*/) { return start(true); }
+  bool start_array(std::size_t /*unused*/) { return start(false); }
+  bool end_object() { return end(); }
+  bool end_array() { return end(); }
+
+  bool key(std::string& key) {
+    Frame& top = frames_.back();
+    if (!top.keys.insert(key).second) {
+      fail(ExitCode::kUsage, file_, ": duplicate key '", child(parentPath(), key), "'");
     }
+    top.key = key;
     return true;
+  }
+
+  bool parse_error(std::size_t position, const std::string& /*last_token*/,
+                   const nlohmann::json::exception& ex) {
+    fail(ExitCode::kUsage, file_, ": invalid JSON at byte ", position, ": ",
+         jsonMessage(ex.what()));
   }
 
  private:
@@ -180,10 +183,24 @@ class ParseGuard {
     std::size_t count;                     // arrays: elements started so far
   };
 
-  void startElement() {
+  bool value() {
     if (!frames_.empty() && !frames_.back().is_object) {
       frames_.back().index = frames_.back().count++;
     }
+    return true;
+  }
+
+  bool start(bool is_object) {
+    BNA_CHECK(frames_.size() < static_cast<std::size_t>(kMaxDepth), ExitCode::kUsage, file_,
+              ": JSON nested deeper than ", kMaxDepth, " levels");
+    value();
+    frames_.push_back(Frame{is_object, {}, {}, 0, 0});
+    return true;
+  }
+
+  bool end() {
+    frames_.pop_back();
+    return true;
   }
 
   // JSON path of the innermost open container.
@@ -203,17 +220,13 @@ class ParseGuard {
 Json parseConfigText(const std::string& text, const std::string& file) {
   BNA_CHECK(text.find_first_not_of(" \t\r\n") != std::string::npos, ExitCode::kUsage, file,
             ": config file is empty");
-  ParseGuard guard(file);
   Json root;
   try {
-    root = Json::parse(
-        text,
-        [&guard](int depth, nlohmann::detail::parse_event_t event, Json& parsed) {
-          return guard.onEvent(depth, event, parsed);
-        },
-        /*allow_exceptions=*/true, /*ignore_comments=*/true);
-  } catch (const nlohmann::json::parse_error& e) {
-    fail(ExitCode::kUsage, file, ": invalid JSON at byte ", e.byte, ": ", jsonMessage(e.what()));
+    Validator validator(file);
+    Json::sax_parse(text, &validator, nlohmann::json::input_format_t::json, /*strict=*/true,
+                    /*ignore_comments=*/true);
+    root = Json::parse(text, /*cb=*/nullptr, /*allow_exceptions=*/true,
+                       /*ignore_comments=*/true);
   } catch (const nlohmann::json::exception& e) {
     fail(ExitCode::kUsage, file, ": invalid JSON: ", jsonMessage(e.what()));
   }
@@ -467,7 +480,19 @@ class ConfigReader {
 // ---------------------------------------------------------------------------------------------
 // Command line.
 
-enum class FlagKind { kConfig, kPath, kData, kSamples, kBatchSize, kWeighting, kThreads, kSeed };
+enum class FlagKind {
+  kConfig,
+  kModel,
+  kData,
+  kSamples,
+  kBatchSize,
+  kWeighting,
+  kOutput,
+  kStatsOutput,
+  kReport,
+  kThreads,
+  kSeed
+};
 
 struct FlagSpec {
   const char* name;  // without the leading "--"
@@ -476,14 +501,14 @@ struct FlagSpec {
 
 const std::vector<FlagSpec>& flagSpecs() {
   static const std::vector<FlagSpec> specs = {{"config", FlagKind::kConfig},
-                                              {"model", FlagKind::kPath},
+                                              {"model", FlagKind::kModel},
                                               {"data", FlagKind::kData},
                                               {"samples", FlagKind::kSamples},
                                               {"batch-size", FlagKind::kBatchSize},
                                               {"weighting", FlagKind::kWeighting},
-                                              {"output", FlagKind::kPath},
-                                              {"stats-output", FlagKind::kPath},
-                                              {"report", FlagKind::kPath},
+                                              {"output", FlagKind::kOutput},
+                                              {"stats-output", FlagKind::kStatsOutput},
+                                              {"report", FlagKind::kReport},
                                               {"threads", FlagKind::kThreads},
                                               {"seed", FlagKind::kSeed}};
   return specs;
@@ -539,7 +564,6 @@ struct FlagValues {
 
 void storeFlag(FlagValues& out, const FlagSpec& spec, const std::string& flag,
                const std::string& value) {
-  const std::string name = spec.name;
   const auto set = [&flag](auto& slot, auto v) {
     BNA_CHECK(!slot.has_value(), ExitCode::kUsage, "option '", flag, "' given more than once");
     slot = std::move(v);
@@ -547,17 +571,10 @@ void storeFlag(FlagValues& out, const FlagSpec& spec, const std::string& flag,
   switch (spec.kind) {
     case FlagKind::kConfig: set(out.config, value); break;
     case FlagKind::kData: set(out.data, value); break;
-    case FlagKind::kPath:
-      if (name == "model") {
-        set(out.model, value);
-      } else if (name == "output") {
-        set(out.output, value);
-      } else if (name == "stats-output") {
-        set(out.stats_output, value);
-      } else {
-        set(out.report, value);
-      }
-      break;
+    case FlagKind::kModel: set(out.model, value); break;
+    case FlagKind::kOutput: set(out.output, value); break;
+    case FlagKind::kStatsOutput: set(out.stats_output, value); break;
+    case FlagKind::kReport: set(out.report, value); break;
     case FlagKind::kSamples:
       set(out.samples,
           static_cast<int64_t>(flagUnsigned(flag, value, 1, kMaxSamples,

@@ -1,0 +1,123 @@
+# Multi-rank tests: the real executable under mpiexec at several world sizes, checked against
+# a float64 reference computed in Python (Debian's torch), plus bad-input cases.
+
+set(BNA_FIX ${CMAKE_BINARY_DIR}/fixtures)
+set(BNA_RUNS ${CMAKE_BINARY_DIR}/mpi_runs)
+set(BNA_SRC_TESTS ${CMAKE_CURRENT_SOURCE_DIR})
+# Root may run mpiexec in CI containers; more ranks than cores is intended here.
+set(BNA_MPI_ENV
+    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+    OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_btl_vader_single_copy_mechanism=none)
+
+add_test(NAME fixtures
+         COMMAND ${BNADAPT_PYTHON} ${BNA_SRC_TESTS}/fixtures/make_fixtures.py ${BNA_FIX})
+set_tests_properties(fixtures PROPERTIES FIXTURES_SETUP bna_fixtures TIMEOUT 300 LABELS mpi)
+
+# bna_mpi_command(<out-var> <np> <tool args>...): mpiexec -n np bnadapt_dist args
+function(bna_mpi_command out np)
+  set(${out} ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG} ${np} ${MPIEXEC_PREFLAGS}
+      $<TARGET_FILE:bnadapt_dist> ${MPIEXEC_POSTFLAGS} ${ARGN} PARENT_SCOPE)
+endfunction()
+
+# ---- correctness against the float64 reference, np = 1, 2, 3, both estimators ------------
+# case: name kind model data samples batch_size
+set(BNA_CASES
+    "resnet_scripted resnet resnet_scripted.pt data_img32.pt 200 16"
+    "resnet_traced resnet resnet_traced.pt data_img32_dict.pt 200 16"
+    "mlp_scripted mlp mlp_scripted.pt data_vec48.pt 64 10"
+    "mixed_scripted mixed mixed_scripted.pt data_img16.pt 50 8"
+    "mixed_traced mixed mixed_traced.pt data_img16.pt 50 8"
+    "reuse_scripted reuse reuse_scripted.pt data_vec48.pt 40 8"
+    # 2 global batches: at np = 3 rank 2 runs none and still takes part
+    "mlp_two_batches mlp mlp_scripted.pt data_vec48.pt 10 5")
+foreach(case IN LISTS BNA_CASES)
+  separate_arguments(fields UNIX_COMMAND "${case}")
+  list(GET fields 0 name)
+  list(GET fields 1 kind)
+  list(GET fields 2 model)
+  list(GET fields 3 data)
+  list(GET fields 4 samples)
+  list(GET fields 5 batch)
+  foreach(weighting samples batches)
+    set(dirs)
+    foreach(np 1 2 3)
+      set(dir ${BNA_RUNS}/${name}_${weighting}_np${np})
+      list(APPEND dirs ${dir})
+      bna_mpi_command(cmd ${np} --model ${BNA_FIX}/${model} --data ${BNA_FIX}/${data}
+                      --samples ${samples} --batch-size ${batch} --weighting ${weighting}
+                      --output ${dir}/out.pt --stats-output ${dir}/stats.pt
+                      --report ${dir}/report.json)
+      set(test run_${name}_${weighting}_np${np})
+      add_test(NAME ${test} COMMAND ${BNA_SRC_TESTS}/mpi/run_case.sh ${dir} -- ${cmd})
+      set_tests_properties(${test} PROPERTIES FIXTURES_REQUIRED bna_fixtures
+                           FIXTURES_SETUP bna_${name}_${weighting} ENVIRONMENT "${BNA_MPI_ENV}"
+                           TIMEOUT 180 LABELS mpi)
+    endforeach()
+    set(test check_${name}_${weighting})
+    add_test(NAME ${test}
+             COMMAND ${BNADAPT_PYTHON} ${BNA_SRC_TESTS}/reference/check_outputs.py
+                     --kind ${kind} --model ${BNA_FIX}/${model} --data ${BNA_FIX}/${data}
+                     --samples ${samples} --batch-size ${batch} --weighting ${weighting}
+                     --runs ${dirs})
+    set_tests_properties(${test} PROPERTIES FIXTURES_REQUIRED "bna_fixtures;bna_${name}_${weighting}"
+                         TIMEOUT 300 LABELS mpi)
+  endforeach()
+endforeach()
+
+# ---- bad input: documented exit code, one clear line, nothing written ---------------------
+set(BNA_BAD ${BNA_RUNS}/bad)
+file(MAKE_DIRECTORY ${BNA_BAD})
+set(BNA_BAD_OUTS --absent ${BNA_BAD}/out.pt --absent ${BNA_BAD}/stats.pt --absent ${BNA_BAD}/report.json)
+set(BNA_OUTS --output ${BNA_BAD}/out.pt --stats-output ${BNA_BAD}/stats.pt --report ${BNA_BAD}/report.json)
+set(BNA_GOOD --model ${BNA_FIX}/mlp_scripted.pt --data ${BNA_FIX}/data_vec48.pt --samples 20 --batch-size 5)
+
+# bna_expect_failure(<name> <np> <code> <stderr-regex> <tool args>...)
+function(bna_expect_failure name np code regex)
+  bna_mpi_command(cmd ${np} ${ARGN})
+  add_test(NAME bad_${name}
+           COMMAND ${BNADAPT_PYTHON} ${BNA_SRC_TESTS}/mpi/expect.py --code ${code}
+                   --stderr ${regex} ${BNA_BAD_OUTS}
+                   --unchanged ${BNA_FIX}/mlp_scripted.pt --unchanged ${BNA_FIX}/data_vec48.pt
+                   -- ${cmd})
+  set_tests_properties(bad_${name} PROPERTIES FIXTURES_REQUIRED bna_fixtures
+                       ENVIRONMENT "${BNA_MPI_ENV}" TIMEOUT 120 LABELS mpi RESOURCE_LOCK bad_outputs)
+endfunction()
+
+bna_expect_failure(missing_model 2 4 "model '.*missing.pt' cannot be loaded"
+                   --model ${BNA_FIX}/missing.pt --data ${BNA_FIX}/data_vec48.pt --samples 20 --batch-size 5 ${BNA_OUTS})
+bna_expect_failure(corrupt_model 1 4 "corrupt_model.pt' cannot be loaded as TorchScript"
+                   --model ${BNA_FIX}/corrupt_model.pt --data ${BNA_FIX}/data_vec48.pt --samples 20 --batch-size 5 ${BNA_OUTS})
+bna_expect_failure(no_bn 2 4 "has no BatchNorm layer to adapt"
+                   --model ${BNA_FIX}/nobn_scripted.pt --data ${BNA_FIX}/data_img16.pt --samples 20 --batch-size 5 ${BNA_OUTS})
+bna_expect_failure(missing_data 2 3 "data file '.*nothere.pt' cannot be read"
+                   --model ${BNA_FIX}/mlp_scripted.pt --data ${BNA_FIX}/nothere.pt --samples 20 --batch-size 5 ${BNA_OUTS})
+bna_expect_failure(shape_mismatch 2 3 "global batch 0 .*forward of input \\[5, 5, 7, 7\\] failed"
+                   --model ${BNA_FIX}/mlp_scripted.pt --data ${BNA_FIX}/bad_data_shape.pt --samples 10 --batch-size 5 ${BNA_OUTS})
+bna_expect_failure(sample_size_mismatch 1 3 "has samples of shape \\[48\\] but input_info.sample_size expects \\[3, 16, 16\\]"
+                   --config ${BNA_SRC_TESTS}/mpi/configs/sample_size_img16.json ${BNA_GOOD} ${BNA_OUTS})
+bna_expect_failure(malformed_json 2 2 "malformed.json.*(parse|syntax)"
+                   --config ${BNA_SRC_TESTS}/mpi/configs/malformed.json ${BNA_GOOD} ${BNA_OUTS})
+bna_expect_failure(unknown_key 1 2 "bnadapt_dist.batchsize.*did you mean 'batch_size'"
+                   --config ${BNA_SRC_TESTS}/mpi/configs/unknown_key.json ${BNA_GOOD} ${BNA_OUTS})
+bna_expect_failure(negative_samples 2 2 "samples.*positive"
+                   --model ${BNA_FIX}/mlp_scripted.pt --data ${BNA_FIX}/data_vec48.pt --samples -5 --batch-size 5 ${BNA_OUTS})
+bna_expect_failure(negative_samples_config 1 2 "num_bn_adaptation_samples.*positive"
+                   --config ${BNA_SRC_TESTS}/mpi/configs/negative_samples.json
+                   --model ${BNA_FIX}/mlp_scripted.pt --data ${BNA_FIX}/data_vec48.pt ${BNA_OUTS})
+bna_expect_failure(output_is_input 1 6 "is the same file as the input --model"
+                   ${BNA_GOOD} --output ${BNA_FIX}/mlp_scripted.pt)
+bna_expect_failure(unwritable_output 1 6 "folder '.*no_such_dir' does not exist"
+                   ${BNA_GOOD} --output ${BNA_BAD}/no_such_dir/out.pt --stats-output ${BNA_BAD}/stats.pt)
+
+# Ranks that disagree (here: rank 1 got another model) fail before any data moves, naming the
+# rank and the first differing layer. MPMD launch: one command per rank.
+bna_mpi_command(rank0 1 ${BNA_GOOD} ${BNA_OUTS})
+add_test(NAME bad_divergent_model
+         COMMAND ${BNADAPT_PYTHON} ${BNA_SRC_TESTS}/mpi/expect.py --code 5
+                 --stderr "rank 1 differs from rank 0 before any data moved: rank 0 has 'layer '0.1'.*rank 1 has 'layer '1'"
+                 ${BNA_BAD_OUTS} --unchanged ${BNA_FIX}/mlp_scripted.pt
+                 -- ${rank0} : ${MPIEXEC_NUMPROC_FLAG} 1 $<TARGET_FILE:bnadapt_dist>
+                 --model ${BNA_FIX}/reuse_scripted.pt --data ${BNA_FIX}/data_vec48.pt
+                 --samples 20 --batch-size 5 ${BNA_OUTS})
+set_tests_properties(bad_divergent_model PROPERTIES FIXTURES_REQUIRED bna_fixtures
+                     ENVIRONMENT "${BNA_MPI_ENV}" TIMEOUT 120 LABELS mpi RESOURCE_LOCK bad_outputs)
