@@ -42,12 +42,15 @@ int agreedPhase(comm::Communicator& comm, const char* phase, const std::function
   }
   const comm::AgreedStatus status = comm::agree(comm, code, message);
   if (status.code == 0) return 0;
-  if (comm.rank() == status.failed_rank) {
-    log::error(status.message);
-  } else if (comm.rank() == 0) {
-    log::error("rank ", status.failed_rank, " failed during ", phase, ": ", status.message);
+  // One error line per job, from rank 0; other ranks' different failures as warnings.
+  if (comm.rank() == 0) {
+    if (status.failed_rank == 0) {
+      log::error(status.message);
+    } else {
+      log::error("rank ", status.failed_rank, " failed during ", phase, ": ", status.message);
+    }
   } else if (code != 0 && message != status.message) {
-    log::warn("also failed: ", message);  // one error line per job; the rest as warnings
+    log::warn("also failed: ", message);
   }
   return status.code;
 }

@@ -333,7 +333,7 @@ class ConfigReader {
     const fs::path path(p);
     const fs::path dir = fs::path(file_).parent_path();
     if (path.is_absolute() || dir.empty()) return p;
-    return (dir / path).string();
+    return (dir / path).lexically_normal().string();
   }
 
   void readSection(const Json& section, const std::string& path) {

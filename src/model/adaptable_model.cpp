@@ -172,7 +172,7 @@ std::vector<std::string> AdaptableModel::describeLayers() const {
   std::vector<std::string> lines;
   for (const BnLayer& l : layers_) {
     std::ostringstream os;
-    os.precision(17);
+    os.precision(12);
     os << "layer '" << l.name << "' " << l.kind << " channels=" << l.channels
        << " eps=" << l.eps << " affine=" << l.affine;
     lines.push_back(os.str());

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "common/log.h"
@@ -13,7 +14,10 @@ Progress::Progress(int64_t local_batches, int64_t global_batches, bool enabled)
     : local_total_(local_batches),
       global_total_(global_batches),
       enabled_(enabled && local_batches > 0),
-      tty_(::isatty(STDOUT_FILENO) == 1),
+      // Under mpirun a rank's stdout is often a pseudo-terminal even when mpirun's own output
+      // goes to a file: draw a bar only when started directly on a terminal.
+      tty_(::isatty(STDOUT_FILENO) == 1 && std::getenv("OMPI_COMM_WORLD_SIZE") == nullptr &&
+           std::getenv("PMI_RANK") == nullptr && std::getenv("SLURM_PROCID") == nullptr),
       start_(std::chrono::steady_clock::now()),
       last_print_(start_) {}
 
