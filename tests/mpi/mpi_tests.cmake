@@ -121,3 +121,8 @@ add_test(NAME bad_divergent_model
                  --samples 20 --batch-size 5 ${BNA_OUTS})
 set_tests_properties(bad_divergent_model PROPERTIES FIXTURES_REQUIRED bna_fixtures
                      ENVIRONMENT "${BNA_MPI_ENV}" TIMEOUT 120 LABELS mpi RESOURCE_LOCK bad_outputs)
+
+# An output that reaches an input through a symlink is refused too.
+file(CREATE_LINK ${BNA_FIX}/data_vec48.pt ${BNA_BAD}/link_to_data.pt SYMBOLIC)
+bna_expect_failure(output_is_input_via_symlink 2 6 "is the same file as the input --data"
+                   ${BNA_GOOD} --stats-output ${BNA_BAD}/link_to_data.pt)
