@@ -39,6 +39,9 @@ int agreedPhase(comm::Communicator& comm, const char* phase, const std::function
   } catch (const std::exception& e) {
     code = static_cast<int>(ExitCode::kInternal);
     message = std::string("unexpected error: ") + e.what();
+  } catch (...) {
+    code = static_cast<int>(ExitCode::kInternal);
+    message = "unexpected error of unknown type";
   }
   const comm::AgreedStatus status = comm::agree(comm, code, message);
   if (status.code == 0) return 0;
@@ -49,20 +52,24 @@ int agreedPhase(comm::Communicator& comm, const char* phase, const std::function
     } else {
       log::error("rank ", status.failed_rank, " failed during ", phase, ": ", status.message);
     }
-  } else if (code != 0 && message != status.message) {
+  }
+  if (code != 0 && comm.rank() != status.failed_rank && message != status.message) {
     log::warn("also failed: ", message);
   }
   return status.code;
 }
 
-// Every rank compares its lines with rank 0's; a rank that differs throws naming the first
-// differing item. Collective (one broadcast).
-void checkSameAsRankZero(comm::Communicator& comm, const std::vector<std::string>& lines) {
-  std::string mine;
-  for (const auto& l : lines) mine += l + "\n";
-  std::string theirs = mine;
-  comm.broadcast(theirs, 0);
-  if (theirs == mine) return;
+std::string joinLines(const std::vector<std::string>& lines) {
+  std::string out;
+  for (const auto& l : lines) out += l + "\n";
+  return out;
+}
+
+// Compares this rank's lines with rank 0's (`theirs`, joined); throws naming the first
+// differing item. Not a collective.
+void checkSameAsRankZero(const comm::Communicator& comm, const std::vector<std::string>& lines,
+                         const std::string& theirs) {
+  if (theirs == joinLines(lines)) return;
   std::vector<std::string> zero;
   size_t start = 0;
   for (size_t nl; (nl = theirs.find('\n', start)) != std::string::npos; start = nl + 1) {
@@ -85,12 +92,12 @@ std::vector<std::string> fingerprint(const config::Settings& st, const data::Dat
       "samples requested=" + std::to_string(plan.requested) + " used=" +
           std::to_string(plan.used) + " batch_size=" + std::to_string(plan.batch_size),
       "data samples=" + std::to_string(data.size()) + " shape=" +
-          data::shapeString(data.sampleShape())};
+          data::shapeString(data.sampleShape()) + " hash=" + std::to_string(data.contentHash())};
   for (auto& l : model.describeLayers()) lines.push_back(std::move(l));
   return lines;
 }
 
-// Outputs must differ from each other and from the inputs (also via links).
+// Outputs must be writable and differ from each other and from the inputs (also via links).
 void checkOutputPaths(const config::Settings& st) {
   const std::vector<std::pair<const char*, std::string>> outputs = {
       {"--output", st.output_path},
@@ -100,7 +107,9 @@ void checkOutputPaths(const config::Settings& st) {
     const auto& [flag, path] = outputs[i];
     if (path.empty()) continue;
     for (const auto& [what, input] : {std::pair<const char*, std::string>{"--model", st.model_path},
-                                      {"--data", st.data_path}}) {
+                                      {"--data", st.data_path},
+                                      {"--config", st.config_path}}) {
+      if (input.empty()) continue;
       BNA_CHECK(path != input && !io::sameFile(path, input), ExitCode::kOutput, flag, " '", path,
                 "' is the same file as the input ", what, " '", input,
                 "'; inputs are never overwritten: choose another output path");
@@ -111,6 +120,7 @@ void checkOutputPaths(const config::Settings& st) {
                 ExitCode::kUsage, flag, " and ", outputs[j].first, " name the same file '", path,
                 "'");
     }
+    io::checkWritable(path);
   }
 }
 
@@ -170,6 +180,10 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
   log::info0(model->layers().size(), " BN layer(s) to adapt, ", model->skipped().size(),
              " left alone; ", plan.num_batches, " global batch(es) of ", plan.batch_size,
              " from ", plan.used, " sample(s)");
+  for (const auto& m : model->inlinedBatchNormModules()) {
+    log::warn0("module '", m, "' calls aten::batch_norm directly (an inlined or frozen graph); ",
+               "those calls are not BatchNorm modules and are not adapted");
+  }
   if (plan.rounded != plan.requested) {
     log::info0("samples: ", plan.requested, " rounded to ", plan.rounded,
                ", the nearest multiple of the batch size ", plan.batch_size);
@@ -180,10 +194,13 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
                plan.used - (plan.num_batches - 1) * plan.batch_size, " sample(s))");
   }
 
-  // 2. Agree that every rank has the same model, data shape and settings.
-  if (int code = agreedPhase(comm, "the consistency check", [&] {
-        checkSameAsRankZero(comm, fingerprint(st, *data, plan, *model));
-      })) {
+  // 2. Agree that every rank has the same model, data and settings. The broadcast stays
+  //    outside the phase body: a collective must never be skipped by an exception.
+  const std::vector<std::string> lines = fingerprint(st, *data, plan, *model);
+  std::string rank0_lines = joinLines(lines);
+  comm.broadcast(rank0_lines, 0);
+  if (int code = agreedPhase(comm, "the consistency check",
+                             [&] { checkSameAsRankZero(comm, lines, rank0_lines); })) {
     return static_cast<ExitCode>(code);
   }
   const double setup_seconds = secondsSince(t_start);
@@ -197,7 +214,7 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
     for (int64_t b : mine) {
       const auto [begin, end] = plan.batchRange(b);
       try {
-        model->calibrate(data->batch(begin, end), acc);
+        model->calibrate(data->batch(begin, end).to(model->inputDtype()), acc);
       } catch (const Error& e) {
         fail(e.code(), "rank ", rank, ", global batch ", b, " (samples ", begin, "..", end - 1,
              "): ", e.what());
@@ -240,6 +257,7 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
   code = agreedPhase(comm, "writing the outputs", [&] {
     if (rank != 0) return;
     io::NamedTensors buffers;
+    size_t adapted = 0;
     for (size_t i = 0; i < model->layers().size(); ++i) {
       const model::BnLayer& layer = model->layers()[i];
       stats::LayerStats s = acc.finalize(i, st.weighting);
@@ -248,12 +266,23 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
                   "layer '", layer.name, "' channel ", c, ": non-finite statistic (mean ",
                   s.mean[c], ", var ", s.var[c], "); nothing written");
       }
-      if (!s.mean.empty()) {
+      if (s.mean.empty()) {
+        log::warn("layer '", layer.name, "' never ran in the forward passes: left unchanged");
+      } else {
+        ++adapted;
         model->setStatistics(i, s.mean, s.var, plan.num_batches);
         for (auto& named : model->buffers(i)) buffers.push_back(std::move(named));
       }
       run.results.push_back(std::move(s));
     }
+    std::string inlined;
+    for (const auto& m : model->inlinedBatchNormModules()) inlined += " '" + m + "'";
+    BNA_CHECK(adapted > 0, ExitCode::kModel, "no BatchNorm layer of '", st.model_path,
+              "' ran during the forward passes",
+              inlined.empty() ? std::string()
+                              : "; aten::batch_norm is called directly in" + inlined +
+                                    " (an inlined or frozen graph: save the model without "
+                                    "inlining)");
     run.total_seconds = secondsSince(t_start);
     std::vector<io::StagedFile> staged;
     if (!st.stats_output_path.empty()) {

@@ -4,6 +4,7 @@
 #include <torch/serialize.h>
 
 #include "common/error.h"
+#include "common/hash.h"
 #include "io/files.h"
 
 namespace bnadapt::data {
@@ -23,8 +24,13 @@ class TensorDataset final : public Dataset {
     return inputs_.slice(0, begin, end).contiguous();
   }
   std::string describe() const override {
-    return "tensor file " + path_ + " [" + std::to_string(size()) + ", " +
-           shapeString(sampleShape()).substr(1);
+    return "tensor file " + path_ + " " + shapeString(inputs_.sizes().vec()) + " " +
+           std::string(c10::toString(inputs_.scalar_type()));
+  }
+  uint64_t contentHash() const override {
+    Fnv1a hash;
+    hash.update(inputs_.data_ptr(), inputs_.numel() * inputs_.element_size());
+    return hash.digest();
   }
 
  private:
@@ -57,6 +63,7 @@ class SyntheticDataset final : public Dataset {
     return "synthetic N(0,1) " + shapeString(shape_) + " x " + std::to_string(size_) +
            " (seed " + std::to_string(seed_) + ")";
   }
+  uint64_t contentHash() const override { return seed_; }  // shape and size are checked too
 
  private:
   std::vector<int64_t> shape_;
@@ -109,7 +116,7 @@ std::unique_ptr<Dataset> openTensorFile(const std::string& path) {
   BNA_CHECK(inputs.dim() >= 2, ExitCode::kData, "data file '", path, "': inputs have shape ",
             shapeString(inputs.sizes().vec()), ", expected [N, ...] with at least 2 dimensions");
   BNA_CHECK(inputs.size(0) > 0, ExitCode::kData, "data file '", path, "' holds no samples");
-  return std::make_unique<TensorDataset>(path, inputs.to(at::kFloat).contiguous());
+  return std::make_unique<TensorDataset>(path, inputs.contiguous());
 }
 
 std::unique_ptr<Dataset> makeSynthetic(std::vector<int64_t> sample_shape, int64_t size,

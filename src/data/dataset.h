@@ -15,9 +15,11 @@ class Dataset {
   virtual ~Dataset() = default;
   virtual int64_t size() const = 0;
   virtual std::vector<int64_t> sampleShape() const = 0;
-  // Samples [begin, end) stacked into one float32 tensor [end - begin, ...].
+  // Samples [begin, end) stacked into one floating-point tensor [end - begin, ...].
   virtual at::Tensor batch(int64_t begin, int64_t end) const = 0;
   virtual std::string describe() const = 0;
+  // Identifies the samples' values, for checking that all ranks read the same data.
+  virtual uint64_t contentHash() const = 0;
 };
 
 // A file written by Python torch.save(tensor [N, ...]) or torch.save({"inputs": tensor, ...}).

@@ -8,7 +8,6 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <random>
 
 namespace bnadapt::io {
 namespace {
@@ -51,27 +50,38 @@ bool sameFile(const std::string& a, const std::string& b) {
   return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
+void checkWritable(const std::string& path) {
+  const std::string dir = dirOf(path);
+  struct stat st {};
+  BNA_CHECK(::stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode), ExitCode::kOutput,
+            "cannot write '", path, "': folder '", dir, "' does not exist");
+  BNA_CHECK(::access(dir.c_str(), W_OK) == 0, ExitCode::kOutput, "cannot write '", path,
+            "': folder '", dir, "' is not writable");
+  BNA_CHECK(::stat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode), ExitCode::kOutput,
+            "cannot write '", path, "': it is a folder");
+}
+
 StagedFile::StagedFile(std::string path,
                        const std::function<void(const std::string& tmp_path)>& write_tmp)
     : path_(std::move(path)) {
-  const std::string dir = dirOf(path_);
-  struct stat st {};
-  BNA_CHECK(::stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode), ExitCode::kOutput,
-            "cannot write '", path_, "': folder '", dir, "' does not exist");
-  BNA_CHECK(::access(dir.c_str(), W_OK) == 0, ExitCode::kOutput, "cannot write '", path_,
-            "': folder '", dir, "' is not writable");
-  std::random_device rd;
-  const std::string base = path_.substr(path_.find_last_of('/') + 1);
-  tmp_ = dir + "/." + base + ".tmp." + std::to_string(::getpid()) + "." +
-         std::to_string(rd() % 1000000);
+  checkWritable(path_);
+  // Reserve a fresh name beside the target (O_EXCL: never another process's file).
+  std::string templ = dirOf(path_) + "/." + path_.substr(path_.find_last_of('/') + 1) +
+                      ".tmp.XXXXXX";
+  const int fd = ::mkstemp(templ.data());
+  BNA_CHECK(fd >= 0, ExitCode::kOutput, "cannot write '", path_, "': cannot create a temp ",
+            "file beside it: ", std::strerror(errno));
+  const mode_t mask = ::umask(0);  // mkstemp makes 0600; outputs get the usual 0666 & ~umask
+  ::umask(mask);
+  ::fchmod(fd, 0666 & ~mask);
+  ::close(fd);
+  tmp_ = templ;
   try {
     write_tmp(tmp_);
     fsyncPath(tmp_, false);
-  } catch (const Error&) {
-    std::remove(tmp_.c_str());
-    throw;
   } catch (const std::exception& e) {
     std::remove(tmp_.c_str());
+    tmp_.clear();
     fail(ExitCode::kOutput, "cannot write '", path_, "': ", e.what());
   }
 }
@@ -93,11 +103,6 @@ void StagedFile::commit() {
   fsyncPath(dirOf(path_), true);
 }
 
-void writeAtomically(const std::string& path,
-                     const std::function<void(const std::string& tmp_path)>& write_tmp) {
-  StagedFile(path, write_tmp).commit();
-}
-
 std::function<void(const std::string&)> bytesWriter(std::string bytes) {
   return [bytes = std::move(bytes)](const std::string& tmp) {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
@@ -106,10 +111,6 @@ std::function<void(const std::string&)> bytesWriter(std::string bytes) {
     out.flush();
     BNA_CHECK(out.good(), ExitCode::kOutput, "write to ", tmp, " failed: ", std::strerror(errno));
   };
-}
-
-void writeFileAtomically(const std::string& path, const std::string& bytes) {
-  writeAtomically(path, bytesWriter(bytes));
 }
 
 }  // namespace bnadapt::io

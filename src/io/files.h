@@ -35,16 +35,11 @@ class StagedFile {
   std::string tmp_;
 };
 
-// Writes `path` atomically: `write_tmp` writes a temp file in the same folder, which is
-// fsynced and renamed over `path`, then the folder is fsynced. On any failure the temp is
-// removed and `path` is untouched. Errors are kOutput and name the path.
-void writeAtomically(const std::string& path,
-                     const std::function<void(const std::string& tmp_path)>& write_tmp);
-
-// Convenience: atomically writes bytes.
-void writeFileAtomically(const std::string& path, const std::string& bytes);
-
 // A write_tmp function that writes `bytes`.
 std::function<void(const std::string&)> bytesWriter(std::string bytes);
+
+// Fails (kOutput, naming the path) unless `path` could be staged and committed: its folder
+// exists and is writable, and `path` is not a folder.
+void checkWritable(const std::string& path);
 
 }  // namespace bnadapt::io

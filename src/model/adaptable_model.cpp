@@ -1,5 +1,7 @@
 #include "model/adaptable_model.h"
 
+#include <iomanip>
+#include <mutex>
 #include <regex>
 #include <sstream>
 #include <unordered_map>
@@ -10,6 +12,7 @@
 #include <torch/library.h>
 
 #include "common/error.h"
+#include "common/hash.h"
 #include "model/torch_errors.h"
 
 namespace bnadapt::model {
@@ -19,16 +22,19 @@ namespace {
 // bnadapt::observe(x, key) -> x, inserted before every rewritten aten::batch_norm. `key` is
 // the layer's running_mean, which tells the instances of a shared BN type apart.
 
+// Process-wide, not thread-local: torch.jit.fork runs subgraphs on the inter-op pool.
 struct ObserveContext {
   stats::StatsAccumulator* acc = nullptr;
   const std::unordered_map<const c10::TensorImpl*, size_t>* keys = nullptr;
   const std::vector<BnLayer>* layers = nullptr;
-  std::string failure;  // set when a layer rejects its input
+  std::string failure;  // the first layer that rejected its input
 };
-thread_local ObserveContext* t_context = nullptr;
+std::mutex g_observe_mu;
+ObserveContext* g_context = nullptr;  // guarded by g_observe_mu
 
 at::Tensor observeOp(const at::Tensor& x, const c10::optional<at::Tensor>& key) {
-  ObserveContext* ctx = t_context;
+  std::lock_guard<std::mutex> lock(g_observe_mu);
+  ObserveContext* ctx = g_context;
   if (ctx == nullptr || !key.has_value()) return x;  // run outside calibration: a no-op
   auto it = ctx->keys->find(key->unsafeGetTensorImpl());
   if (it == ctx->keys->end()) {
@@ -38,7 +44,9 @@ at::Tensor observeOp(const at::Tensor& x, const c10::optional<at::Tensor>& key) 
   try {
     ctx->acc->observe(it->second, x);
   } catch (const std::exception& e) {
-    ctx->failure = "layer '" + (*ctx->layers)[it->second].name + "': " + e.what();
+    if (ctx->failure.empty()) {
+      ctx->failure = "layer '" + (*ctx->layers)[it->second].name + "': " + e.what();
+    }
     throw;
   }
   return x;
@@ -52,8 +60,14 @@ TORCH_LIBRARY(bnadapt, m) {
 
 class ContextScope {
  public:
-  explicit ContextScope(ObserveContext* ctx) { t_context = ctx; }
-  ~ContextScope() { t_context = nullptr; }
+  explicit ContextScope(ObserveContext* ctx) {
+    std::lock_guard<std::mutex> lock(g_observe_mu);
+    g_context = ctx;
+  }
+  ~ContextScope() {
+    std::lock_guard<std::mutex> lock(g_observe_mu);
+    g_context = nullptr;
+  }
 };
 
 // ---- graph helpers -----------------------------------------------------------------------
@@ -106,16 +120,48 @@ void AdaptableModel::discover() {
   std::unordered_map<std::string, torch::jit::Module> outputs;
   for (const auto& item : output_.named_modules()) outputs.emplace(item.name, item.value);
 
-  std::unordered_set<const torch::jit::Graph*> rewritten;
+  // What every rank must have loaded identically, and the dtype inputs should have.
+  Fnv1a hash;
+  bool have_dtype = false;
+  for (const auto& p : output_.named_parameters(/*recurse=*/true)) {
+    if (!have_dtype && at::isFloatingType(p.value.scalar_type())) {
+      input_dtype_ = p.value.scalar_type();
+      have_dtype = true;
+    }
+  }
+  auto hashAll = [&hash](const auto& named) {
+    for (const auto& t : named) {
+      at::Tensor c = t.value.contiguous();
+      hash.update(t.name.data(), t.name.size());
+      hash.update(c.data_ptr(), c.numel() * c.element_size());
+    }
+  };
+  hashAll(output_.named_parameters(/*recurse=*/true));
+  hashAll(output_.named_buffers(/*recurse=*/true));
+  content_hash_ = hash.digest();
+
   const c10::Symbol batch_norm = c10::Symbol::fromQualString("aten::batch_norm");
   const c10::Symbol observe = c10::Symbol::fromQualString("bnadapt::observe");
+  std::unordered_map<const torch::jit::Graph*, double> rewritten;  // graph -> eps
   for (const auto& item : calib_.named_modules()) {
     const torch::jit::Module& m = item.value;
     const std::string kind = m.type()->name() ? m.type()->name()->name() : "";
-    if (!std::regex_match(kind, kBnName)) continue;
     const std::string name = item.name.empty() ? std::string("<root>") : item.name;
+    if (!std::regex_match(kind, kBnName)) {
+      if (auto graph = forwardGraph(m)) {
+        std::vector<torch::jit::Node*> direct;
+        collect(graph->block(), batch_norm, direct);
+        if (!direct.empty()) inlined_.push_back(name);
+      }
+      continue;
+    }
     if (!isTensorAttr(m, "running_mean") || !isTensorAttr(m, "running_var")) {
       skipped_.push_back({name, kind, "track_running_stats=False (no running buffers)"});
+      continue;
+    }
+    const c10::TensorImpl* key = m.attr("running_mean").toTensor().unsafeGetTensorImpl();
+    if (auto seen = keys_.find(key); seen != keys_.end()) {  // one instance, two paths
+      layers_[seen->second].aliases.push_back(item.name);
       continue;
     }
     auto graph = forwardGraph(m);
@@ -135,28 +181,31 @@ void AdaptableModel::discover() {
               "model '", path_, "': layer '", name, "' has running_mean of ", layer.channels,
               " channels but running_var of ", layer.old_var.size());
 
-    if (rewritten.insert(graph.get()).second) {
+    // A scripted BN type is shared by its instances: rewrite its graph once.
+    auto done = rewritten.find(graph.get());
+    if (done == rewritten.end()) {
       torch::jit::Inline(*graph);
       std::vector<torch::jit::Node*> bns;
       collect(graph->block(), batch_norm, bns);
       BNA_CHECK(bns.size() == 1, ExitCode::kModel, "model '", path_, "': layer '", name, "' (",
                 kind, ") calls aten::batch_norm ", bns.size(), " times in its forward, expected once");
       torch::jit::Node* bn = bns[0];
+      double eps = 0;
+      if (auto value = torch::jit::toIValue(bn->input(7)); value && value->isDouble()) {
+        eps = value->toDouble();
+      }
       torch::jit::WithInsertPoint guard(bn);
       torch::jit::Value* seen = graph->insert(observe, {bn->input(0), bn->input(3)});
       bn->replaceInput(0, seen);
       bn->replaceInput(5, graph->insertConstant(true));  // training: batch statistics
+      done = rewritten.emplace(graph.get(), eps).first;
     }
-    std::vector<torch::jit::Node*> bns;
-    collect(graph->block(), batch_norm, bns);
-    if (auto eps = torch::jit::toIValue(bns.at(0)->input(7)); eps && eps->isDouble()) {
-      layer.eps = eps->toDouble();
-    }
+    layer.eps = done->second;
 
     auto out = outputs.find(item.name);
     BNA_ASSERT(out != outputs.end(), "layer ", name, " missing in the output copy");
     output_modules_.push_back(out->second);
-    keys_.push_back(m.attr("running_mean").toTensor().unsafeGetTensorImpl());
+    keys_.emplace(key, layers_.size());
     layers_.push_back(std::move(layer));
   }
   if (layers_.empty()) {
@@ -164,6 +213,10 @@ void AdaptableModel::discover() {
                           ? "it contains no BatchNorm1d/2d/3d module"
                           : "its " + std::to_string(skipped_.size()) +
                                 " BatchNorm layer(s) all have track_running_stats=False";
+    if (!inlined_.empty()) {
+      why += "; aten::batch_norm is called directly in '" + inlined_.front() +
+             "' (an inlined or frozen graph: script or trace the model without inlining)";
+    }
     fail(ExitCode::kModel, "model '", path_, "' has no BatchNorm layer to adapt: ", why);
   }
 }
@@ -180,6 +233,10 @@ std::vector<std::string> AdaptableModel::describeLayers() const {
   for (const SkippedLayer& s : skipped_) {
     lines.push_back("skipped layer '" + s.name + "' " + s.kind);
   }
+  std::ostringstream os;
+  os << "model parameters and buffers hash=" << std::hex << std::setw(16) << std::setfill('0')
+     << content_hash_;
+  lines.push_back(os.str());
   return lines;
 }
 
@@ -190,11 +247,9 @@ stats::StatsAccumulator AdaptableModel::makeAccumulator() const {
 }
 
 void AdaptableModel::calibrate(const at::Tensor& batch, stats::StatsAccumulator& acc) {
-  std::unordered_map<const c10::TensorImpl*, size_t> keys;
-  for (size_t i = 0; i < keys_.size(); ++i) keys.emplace(keys_[i], i);
   ObserveContext ctx;
   ctx.acc = &acc;
-  ctx.keys = &keys;
+  ctx.keys = &keys_;
   ctx.layers = &layers_;
   ContextScope scope(&ctx);
   torch::NoGradGuard no_grad;
@@ -225,10 +280,14 @@ void AdaptableModel::setStatistics(size_t layer, const std::vector<double>& mean
 
 std::vector<std::pair<std::string, at::Tensor>> AdaptableModel::buffers(size_t layer) const {
   const torch::jit::Module& m = output_modules_.at(layer);
-  const std::string prefix = layers_[layer].name.empty() ? "" : layers_[layer].name + ".";
   std::vector<std::pair<std::string, at::Tensor>> out;
-  for (const char* b : {"running_mean", "running_var", "num_batches_tracked"}) {
-    if (isTensorAttr(m, b)) out.emplace_back(prefix + b, m.attr(b).toTensor());
+  std::vector<std::string> names = {layers_[layer].name};
+  names.insert(names.end(), layers_[layer].aliases.begin(), layers_[layer].aliases.end());
+  for (const std::string& name : names) {  // a state_dict lists a shared module per path
+    const std::string prefix = name.empty() ? "" : name + ".";
+    for (const char* b : {"running_mean", "running_var", "num_batches_tracked"}) {
+      if (isTensorAttr(m, b)) out.emplace_back(prefix + b, m.attr(b).toTensor());
+    }
   }
   return out;
 }

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <torch/script.h>
@@ -23,6 +24,7 @@ namespace bnadapt::model {
 
 struct BnLayer {
   std::string name;  // module path, e.g. "layer1.0.bn1"
+  std::vector<std::string> aliases;  // other paths of the same module instance
   std::string kind;  // "BatchNorm2d"
   int64_t channels = 0;
   double eps = 0;
@@ -51,8 +53,16 @@ class AdaptableModel {
   const std::vector<BnLayer>& layers() const { return layers_; }
   const std::vector<SkippedLayer>& skipped() const { return skipped_; }
 
-  // One line per layer (adaptable and skipped), identical on ranks with the same model.
+  // One line per layer (adaptable and skipped) and one with a hash of every parameter and
+  // buffer: identical on ranks that loaded the same model.
   std::vector<std::string> describeLayers() const;
+
+  // Modules whose own forward graph calls aten::batch_norm directly (an inlined or frozen
+  // graph): those calls are not observed.
+  const std::vector<std::string>& inlinedBatchNormModules() const { return inlined_; }
+
+  // The floating dtype the model's parameters use (float32 when it has none).
+  at::ScalarType inputDtype() const { return input_dtype_; }
 
   // A StatsAccumulator laid out for these layers, shifted by the old running means.
   stats::StatsAccumulator makeAccumulator() const;
@@ -80,7 +90,11 @@ class AdaptableModel {
   std::vector<BnLayer> layers_;
   std::vector<SkippedLayer> skipped_;
   std::vector<torch::jit::Module> output_modules_;  // per layer, in the output copy
-  std::vector<const c10::TensorImpl*> keys_;        // per layer: calibration running_mean
+  // calibration running_mean -> layer index: tells the instances of a shared type apart
+  std::unordered_map<const c10::TensorImpl*, size_t> keys_;
+  std::vector<std::string> inlined_;
+  at::ScalarType input_dtype_ = at::kFloat;
+  uint64_t content_hash_ = 0;
 };
 
 }  // namespace bnadapt::model

@@ -68,11 +68,16 @@ nlohmann::json buildReport(const RunSummary& run) {
                          {"values_per_channel", s.count},
                          {"batch_observations", s.batches},
                          {"old", {{"mean", summarize(l.old_mean)}, {"var", summarize(l.old_var)}}}};
+    if (!l.aliases.empty()) lj["aliases"] = l.aliases;
     if (s.mean.empty()) {
       lj["adapted"] = false;
       unused.push_back(l.name);
     } else {
       lj["adapted"] = true;
+      if (l.old_num_batches_tracked >= 0) {
+        lj["num_batches_tracked"] = {{"old", l.old_num_batches_tracked},
+                                     {"new", l.old_num_batches_tracked + run.plan.num_batches}};
+      }
       lj["new"] = {{"mean", summarize(s.mean)}, {"var", summarize(s.var)}};
       lj["max_abs_mean_shift_over_sigma"] = maxShift(l, s);
     }
@@ -121,12 +126,6 @@ std::vector<std::string> summaryLines(const RunSummary& run) {
   }
   for (const auto& s : *run.skipped) {
     out.push_back("left alone: layer '" + s.name + "' (" + s.kind + "): " + s.reason);
-  }
-  for (size_t i = 0; i < run.layers->size(); ++i) {
-    if (run.results[i].mean.empty()) {
-      out.push_back("unchanged: layer '" + (*run.layers)[i].name +
-                    "' never ran in the forward pass");
-    }
   }
   std::snprintf(line, sizeof line, "time: setup %.2fs, forward %.2fs, all-reduce %.3fs, total %.2fs",
                 run.setup_seconds, run.forward_seconds, run.allreduce_seconds, run.total_seconds);

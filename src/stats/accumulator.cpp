@@ -42,13 +42,14 @@ void StatsAccumulator::observe(size_t layer, const at::Tensor& x) {
   at::Tensor shift = at::from_blob(shifts_[layer].data(), {c}, at::kDouble);
   std::vector<int64_t> view(x.dim(), 1);
   view[1] = c;
-  at::Tensor d = x.to(at::kDouble).sub_(shift.to(x.device()).view(view));
+  // Out of place: x may already be float64, and it goes on to aten::batch_norm.
+  at::Tensor d = at::sub(x.to(at::kDouble), shift.to(x.device()).view(view));
   std::vector<int64_t> dims;
   for (int64_t i = 0; i < x.dim(); ++i) {
     if (i != 1) dims.push_back(i);
   }
   at::Tensor s1 = d.sum(dims).cpu().contiguous();
-  at::Tensor s2 = d.mul_(d).sum(dims).cpu().contiguous();
+  at::Tensor s2 = d.mul_(d).sum(dims).cpu().contiguous();  // d is our own copy
   const double* p1 = s1.data_ptr<double>();
   const double* p2 = s2.data_ptr<double>();
   for (int64_t i = 0; i < c; ++i) {

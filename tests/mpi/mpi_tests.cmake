@@ -29,7 +29,11 @@ set(BNA_CASES
     "mixed_traced mixed mixed_traced.pt data_img16.pt 50 8"
     "reuse_scripted reuse reuse_scripted.pt data_vec48.pt 40 8"
     # 2 global batches: at np = 3 rank 2 runs none and still takes part
-    "mlp_two_batches mlp mlp_scripted.pt data_vec48.pt 10 5")
+    "mlp_two_batches mlp mlp_scripted.pt data_vec48.pt 10 5"
+    # BN layers inside torch.jit.fork (run on the inter-op pool)
+    "fork_scripted fork fork_scripted.pt data_vec48.pt 40 8"
+    # a float64 model: the observed input is float64 and must reach batch_norm unchanged
+    "double_scripted double double_scripted.pt data_vec48.pt 40 8")
 foreach(case IN LISTS BNA_CASES)
   separate_arguments(fields UNIX_COMMAND "${case}")
   list(GET fields 0 name)
@@ -109,18 +113,41 @@ bna_expect_failure(output_is_input 1 6 "is the same file as the input --model"
 bna_expect_failure(unwritable_output 1 6 "folder '.*no_such_dir' does not exist"
                    ${BNA_GOOD} --output ${BNA_BAD}/no_such_dir/out.pt --stats-output ${BNA_BAD}/stats.pt)
 
-# Ranks that disagree (here: rank 1 got another model) fail before any data moves, naming the
-# rank and the first differing layer. MPMD launch: one command per rank.
-bna_mpi_command(rank0 1 ${BNA_GOOD} ${BNA_OUTS})
-add_test(NAME bad_divergent_model
-         COMMAND ${BNADAPT_PYTHON} ${BNA_SRC_TESTS}/mpi/expect.py --code 5
-                 --stderr "rank 1 differs from rank 0 before any data moved: rank 0 has 'layer 'bn1' BatchNorm1d channels=64.*rank 1 has 'layer 'bn' BatchNorm1d channels=32"
-                 ${BNA_BAD_OUTS} --unchanged ${BNA_FIX}/mlp_scripted.pt
-                 -- ${rank0} : ${MPIEXEC_NUMPROC_FLAG} 1 $<TARGET_FILE:bnadapt_dist>
-                 --model ${BNA_FIX}/reuse_scripted.pt --data ${BNA_FIX}/data_vec48.pt
-                 --samples 20 --batch-size 5 ${BNA_OUTS})
-set_tests_properties(bad_divergent_model PROPERTIES FIXTURES_REQUIRED bna_fixtures
-                     ENVIRONMENT "${BNA_MPI_ENV}" TIMEOUT 120 LABELS mpi RESOURCE_LOCK bad_outputs)
+# Ranks that disagree fail before any data moves, naming the rank and the first differing
+# item. MPMD launch: rank 0 gets the good inputs, rank 1 the ones given here.
+# bna_expect_divergence(<name> <stderr-regex> <rank 1 tool args>...)
+function(bna_expect_divergence name regex)
+  bna_mpi_command(rank0 1 ${BNA_GOOD} ${BNA_OUTS})
+  add_test(NAME bad_${name}
+           COMMAND ${BNADAPT_PYTHON} ${BNA_SRC_TESTS}/mpi/expect.py --code 5 --stderr ${regex}
+                   ${BNA_BAD_OUTS} --unchanged ${BNA_FIX}/mlp_scripted.pt
+                   -- ${rank0} : ${MPIEXEC_NUMPROC_FLAG} 1 $<TARGET_FILE:bnadapt_dist> ${ARGN})
+  set_tests_properties(bad_${name} PROPERTIES FIXTURES_REQUIRED bna_fixtures
+                       ENVIRONMENT "${BNA_MPI_ENV}" TIMEOUT 120 LABELS mpi RESOURCE_LOCK bad_outputs)
+endfunction()
+
+bna_expect_divergence(divergent_model
+  "rank 1 differs from rank 0 before any data moved: rank 0 has 'layer 'bn1' BatchNorm1d channels=64.*rank 1 has 'layer 'bn' BatchNorm1d channels=32"
+  --model ${BNA_FIX}/reuse_scripted.pt --data ${BNA_FIX}/data_vec48.pt --samples 20 --batch-size 5 ${BNA_OUTS})
+bna_expect_divergence(divergent_model_contents
+  "rank 1 differs from rank 0 .*'model parameters and buffers hash="
+  --model ${BNA_FIX}/mlp_scripted_shifted.pt --data ${BNA_FIX}/data_vec48.pt --samples 20 --batch-size 5 ${BNA_OUTS})
+bna_expect_divergence(divergent_data_contents
+  "rank 1 differs from rank 0 .*'data samples=75 shape=\\[48\\] hash="
+  --model ${BNA_FIX}/mlp_scripted.pt --data ${BNA_FIX}/data_vec48_other.pt --samples 20 --batch-size 5 ${BNA_OUTS})
+bna_expect_divergence(divergent_settings
+  "rank 1 differs from rank 0 .*'weighting=samples seed=0'.*'weighting=batches seed=0'"
+  ${BNA_GOOD} --weighting batches ${BNA_OUTS})
+
+# A model whose BN calls were inlined into the parent graph cannot be adapted: say so.
+bna_expect_failure(inlined_graph 1 4 "no BatchNorm layer of .*mlp_inlined.pt' ran.*called directly in '<root>'"
+                   --model ${BNA_FIX}/mlp_inlined.pt --data ${BNA_FIX}/data_vec48.pt --samples 20 --batch-size 5 ${BNA_OUTS})
+# An output path that is a folder, or the config file, is refused before any work.
+bna_expect_failure(output_is_folder 2 6 "cannot write '.*mpi_runs/bad': it is a folder"
+                   ${BNA_GOOD} --report ${BNA_BAD} --stats-output ${BNA_BAD}/stats.pt)
+bna_expect_failure(output_is_config 1 6 "is the same file as the input --config"
+                   --config ${BNA_SRC_TESTS}/mpi/configs/sample_size_img16.json --model ${BNA_FIX}/mlp_scripted.pt
+                   --data synthetic --samples 20 --report ${BNA_SRC_TESTS}/mpi/configs/sample_size_img16.json)
 
 # An output that reaches an input through a symlink is refused too.
 file(CREATE_LINK ${BNA_FIX}/data_vec48.pt ${BNA_BAD}/link_to_data.pt SYMBOLIC)

@@ -285,11 +285,13 @@ def main(argv=None):
     model_sd = model_in.state_dict()
     modes_in = {n: m.training for n, m in model_in.named_modules()}
     inputs = reference.load_inputs(args.data)
-    # The eager float32 model with the reference statistics, and the stale input model.
-    x = inputs[:FORWARD_SAMPLES].to(torch.float32)
+    # The eager model (in the model's own dtype) with the reference statistics, and the
+    # stale input model.
+    dtype = next((t.dtype for t in model_sd.values() if t.is_floating_point()), torch.float32)
+    x = inputs[:FORWARD_SAMPLES].to(dtype)
     ref_sd = dict(model_sd)
-    ref_sd.update(reference.as_stats_dict(ref, args.weighting, torch.float32))
-    eager = models.eager_from_state_dict(args.kind, ref_sd)
+    ref_sd.update(reference.as_stats_dict(ref, args.weighting, dtype))
+    eager = models.eager_from_state_dict(args.kind, ref_sd).to(dtype)
     with torch.no_grad():
         y_ref = eager(x)
         eager.load_state_dict(model_sd)

@@ -131,3 +131,17 @@ TEST(StatsAccumulator, NonFiniteShiftIsIgnored) {
 
 }  // namespace
 }  // namespace bnadapt::stats
+
+namespace bnadapt::stats {
+namespace {
+
+TEST(StatsAccumulator, LeavesFloat64InputUntouched) {
+  at::Tensor x = at::randn({8, 3, 2}, at::kDouble);
+  at::Tensor before = x.clone();
+  StatsAccumulator acc({{1.0, 2.0, 3.0}});
+  acc.observe(0, x);
+  EXPECT_TRUE(at::equal(x, before));
+}
+
+}  // namespace
+}  // namespace bnadapt::stats
