@@ -11,6 +11,7 @@ const char* exitCodeName(ExitCode code) {
     case ExitCode::kModel: return "model";
     case ExitCode::kCommunication: return "communication";
     case ExitCode::kOutput: return "output";
+    case ExitCode::kCheckpoint: return "checkpoint";
   }
   return "unknown";
 }

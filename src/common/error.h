@@ -21,6 +21,7 @@ enum class ExitCode : int {
   kModel = 4,          // model missing, unreadable, no adaptable BN layer, forward failed
   kCommunication = 5,  // MPI/NCCL failure, ranks disagree, another rank failed
   kOutput = 6,         // an output cannot be written, or would overwrite an input
+  kCheckpoint = 7,     // checkpoint unreadable, unsupported, or not matching the model
 };
 
 const char* exitCodeName(ExitCode code);
