@@ -10,10 +10,12 @@
 #include <ATen/Parallel.h>
 
 #include "common/log.h"
+#include "checkpoint/checkpoint.h"
 #include "config/config_loader.h"
 #include "data/dataset.h"
 #include "data/sharding.h"
 #include "io/files.h"
+#include "io/sha256.h"
 #include "io/stats_file.h"
 #include "model/adaptable_model.h"
 #include "report/progress.h"
@@ -102,17 +104,27 @@ void checkOutputPaths(const config::Settings& st) {
   const std::vector<std::pair<const char*, std::string>> outputs = {
       {"--output", st.output_path},
       {"--stats-output", st.stats_output_path},
-      {"--report", st.report_path}};
+      {"--report", st.report_path},
+      {"--checkpoint-output", st.checkpoint_output_path},
+      {"--checkpoint-output's .sha256",
+       st.checkpoint_output_path.empty() ? "" : st.checkpoint_output_path + ".sha256"}};
   for (size_t i = 0; i < outputs.size(); ++i) {
     const auto& [flag, path] = outputs[i];
     if (path.empty()) continue;
     for (const auto& [what, input] : {std::pair<const char*, std::string>{"--model", st.model_path},
                                       {"--data", st.data_path},
-                                      {"--config", st.config_path}}) {
+                                      {"--config", st.config_path},
+                                      {"--checkpoint", st.checkpoint_path}}) {
       if (input.empty()) continue;
+      // --in-place: the checkpoint output may replace its input (still via temp + rename).
+      if (st.in_place && outputs[i].first == std::string("--checkpoint-output") &&
+          what == std::string("--checkpoint")) {
+        continue;
+      }
       BNA_CHECK(path != input && !io::sameFile(path, input), ExitCode::kOutput, flag, " '", path,
                 "' is the same file as the input ", what, " '", input,
-                "'; inputs are never overwritten: choose another output path");
+                "'; inputs are never overwritten: choose another output path",
+                what == std::string("--checkpoint") ? " (or pass --in-place)" : "");
     }
     for (size_t j = i + 1; j < outputs.size(); ++j) {
       BNA_CHECK(outputs[j].second.empty() || (path != outputs[j].second &&
@@ -122,6 +134,19 @@ void checkOutputPaths(const config::Settings& st) {
     }
     io::checkWritable(path);
   }
+}
+
+// The BN buffers a checkpoint of this model must hold: every path of every adapted layer.
+std::vector<checkpoint::ExpectedBuffer> expectedBuffers(const model::AdaptableModel& model) {
+  std::vector<checkpoint::ExpectedBuffer> out;
+  for (size_t i = 0; i < model.layers().size(); ++i) {
+    for (const auto& [name, tensor] : model.buffers(i)) {
+      const bool counter = name.size() >= 19 && name.compare(name.size() - 19, 19,
+                                                             "num_batches_tracked") == 0;
+      out.push_back({name, tensor.sizes().vec(), !counter});
+    }
+  }
+  return out;
 }
 
 void logSettings(const config::Settings& st, const comm::Communicator& comm, int threads) {
@@ -134,6 +159,10 @@ void logSettings(const config::Settings& st, const comm::Communicator& comm, int
              config::weightingName(st.weighting), "', seed ", st.seed);
   log::info0("outputs: model '", st.output_path, "', stats '", st.stats_output_path,
              "', report '", st.report_path, "'");
+  if (!st.checkpoint_path.empty()) {
+    log::info0("checkpoint: '", st.checkpoint_path, "' -> '", st.checkpoint_output_path, "'",
+               st.in_place ? " (in place)" : "");
+  }
   for (const auto& algo : st.compression_algorithms) {
     log::info0("compression.algorithm '", algo,
                "': the model is taken as already compressed; only BN statistics change");
@@ -166,10 +195,15 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
   // 1. Setup: model (two copies), data, the global batch plan.
   std::unique_ptr<model::AdaptableModel> model;
   std::unique_ptr<data::Dataset> data;
+  std::unique_ptr<checkpoint::Checkpoint> ckpt;  // rank 0 only
   data::BatchPlan plan;
   if (int code = agreedPhase(comm, "setup", [&] {
         if (rank == 0) checkOutputPaths(st);
         model = std::make_unique<model::AdaptableModel>(st.model_path);
+        if (rank == 0 && !st.checkpoint_path.empty()) {  // checked now, patched at the end
+          ckpt = checkpoint::openCheckpoint(st.checkpoint_path);
+          ckpt->plan(expectedBuffers(*model), st.checkpoint_key);
+        }
         data = data::openDataset(st.data_path, st.sample_shape,
                                  data::roundBudget(st.samples, st.batch_size), st.seed);
         plan = data::planBatches(st.samples, st.batch_size, data->size());
@@ -177,6 +211,7 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
     return static_cast<ExitCode>(code);
   }
   log::info0("data: ", data->describe());
+  if (ckpt) log::info0("checkpoint: ", ckpt->describe());
   log::info0(model->layers().size(), " BN layer(s) to adapt, ", model->skipped().size(),
              " left alone; ", plan.num_batches, " global batch(es) of ", plan.batch_size,
              " from ", plan.used, " sample(s)");
@@ -291,10 +326,23 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
     if (!st.output_path.empty()) {
       staged.emplace_back(st.output_path, [&](const std::string& tmp) { model->save(tmp); });
     }
+    if (ckpt) {
+      staged.emplace_back(st.checkpoint_output_path,
+                          [&](const std::string& tmp) { ckpt->write(tmp, buffers); });
+      run.checkpoint_sha256 = io::sha256FileHex(staged.back().tmpPath());
+      const std::string& out = st.checkpoint_output_path;
+      staged.emplace_back(out + ".sha256",
+                          io::bytesWriter(run.checkpoint_sha256 + "  " +
+                                          out.substr(out.find_last_of('/') + 1) + "\n"));
+      run.checkpoint_description = ckpt->describe();
+    }
     if (!st.report_path.empty()) {
       staged.emplace_back(st.report_path,
                           io::bytesWriter(report::buildReport(run).dump(2) + "\n"));
     }
+    // Every output is complete on disk; now put them in place. A checkpoint's old sidecar
+    // goes first so that no stale .sha256 ever sits beside a new checkpoint.
+    if (ckpt) std::remove((st.checkpoint_output_path + ".sha256").c_str());
     for (auto& file : staged) file.commit();
     for (const auto& line : report::summaryLines(run)) log::info(line);
     for (const auto& file : staged) log::info("wrote ", file.path());

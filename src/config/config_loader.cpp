@@ -40,9 +40,10 @@ const char* const kNncfSamplesKey = "num_bn_adaptation_samples";
 
 // Keys of the "bnadapt_dist" section, in usage() order.
 const std::vector<std::string>& sectionKeys() {
-  static const std::vector<std::string> keys = {"model",     "data",   "samples",      "batch_size",
-                                                "weighting", "output", "stats_output", "report",
-                                                "threads",   "seed"};
+  static const std::vector<std::string> keys = {
+      "model",        "data",       "samples",           "batch_size",     "weighting",
+      "output",       "stats_output", "report",          "threads",        "seed",
+      "checkpoint",   "checkpoint_output", "checkpoint_key", "in_place"};
   return keys;
 }
 
@@ -241,6 +242,8 @@ Json parseConfigText(const std::string& text, const std::string& file) {
 // Values read from the config file; absent ones stay empty.
 struct FileValues {
   std::optional<std::string> model, data, output, stats_output, report;
+  std::optional<std::string> checkpoint, checkpoint_output, checkpoint_key;
+  std::optional<bool> in_place;
   std::optional<int64_t> samples;     // bnadapt_dist.samples
   std::optional<int64_t> batch_size;  // bnadapt_dist.batch_size, else top-level batch_size
   std::optional<Weighting> weighting;
@@ -351,6 +354,16 @@ class ConfigReader {
         out_.stats_output = resolve(readPath(v, p));
       } else if (key == "report") {
         out_.report = resolve(readPath(v, p));
+      } else if (key == "checkpoint") {
+        out_.checkpoint = resolve(readPath(v, p));
+      } else if (key == "checkpoint_output") {
+        out_.checkpoint_output = resolve(readPath(v, p));
+      } else if (key == "checkpoint_key") {
+        if (!v.is_string()) typeError(p, "a string such as \"model\" or \"model:module.\"", v);
+        out_.checkpoint_key = v.get<std::string>();
+      } else if (key == "in_place") {
+        if (!v.is_boolean()) typeError(p, "true or false", v);
+        out_.in_place = v.get<bool>();
       } else if (key == "samples") {
         out_.samples = static_cast<int64_t>(
             readUnsigned(v, p, 1, kMaxSamples, "a positive integer at most 1000000000000"));
@@ -491,12 +504,17 @@ enum class FlagKind {
   kStatsOutput,
   kReport,
   kThreads,
-  kSeed
+  kSeed,
+  kCheckpoint,
+  kCheckpointOutput,
+  kCheckpointKey,
+  kInPlace
 };
 
 struct FlagSpec {
   const char* name;  // without the leading "--"
   FlagKind kind;
+  bool takes_value = true;
 };
 
 const std::vector<FlagSpec>& flagSpecs() {
@@ -510,7 +528,11 @@ const std::vector<FlagSpec>& flagSpecs() {
                                               {"stats-output", FlagKind::kStatsOutput},
                                               {"report", FlagKind::kReport},
                                               {"threads", FlagKind::kThreads},
-                                              {"seed", FlagKind::kSeed}};
+                                              {"seed", FlagKind::kSeed},
+                                              {"checkpoint", FlagKind::kCheckpoint},
+                                              {"checkpoint-output", FlagKind::kCheckpointOutput},
+                                              {"checkpoint-key", FlagKind::kCheckpointKey},
+                                              {"in-place", FlagKind::kInPlace, false}};
   return specs;
 }
 
@@ -539,6 +561,8 @@ uint64_t flagUnsigned(const std::string& flag, const std::string& value, uint64_
 
 struct FlagValues {
   std::optional<std::string> config, model, data, output, stats_output, report;
+  std::optional<std::string> checkpoint, checkpoint_output, checkpoint_key;
+  std::optional<bool> in_place;
   std::optional<int64_t> samples, batch_size;
   std::optional<Weighting> weighting;
   std::optional<int> threads;
@@ -575,6 +599,10 @@ void storeFlag(FlagValues& out, const FlagSpec& spec, const std::string& flag,
     case FlagKind::kOutput: set(out.output, value); break;
     case FlagKind::kStatsOutput: set(out.stats_output, value); break;
     case FlagKind::kReport: set(out.report, value); break;
+    case FlagKind::kCheckpoint: set(out.checkpoint, value); break;
+    case FlagKind::kCheckpointOutput: set(out.checkpoint_output, value); break;
+    case FlagKind::kCheckpointKey: set(out.checkpoint_key, value); break;
+    case FlagKind::kInPlace: set(out.in_place, true); break;
     case FlagKind::kSamples:
       set(out.samples,
           static_cast<int64_t>(flagUnsigned(flag, value, 1, kMaxSamples,
@@ -620,6 +648,11 @@ FlagValues parseFlags(const std::vector<std::string>& args) {
     }
     if (spec == nullptr) unknownOption(flag);
     std::string value;
+    if (!spec->takes_value) {
+      BNA_CHECK(eq == std::string::npos, ExitCode::kUsage, "option '", flag, "' takes no value");
+      storeFlag(out, *spec, flag, "");
+      continue;
+    }
     if (eq != std::string::npos) {
       value = arg.substr(eq + 1);
     } else {
@@ -731,6 +764,13 @@ Options (each also as --name=VALUE; options override the config file):
   --report PATH        write a JSON report
   --threads N          threads per rank; 0 (default) = cores / local ranks
   --seed N             random seed, default 0
+  --checkpoint IN      a training checkpoint (torch.save zip or .safetensors) to receive the
+                       new BN buffers                              (bnadapt_dist.checkpoint)
+  --checkpoint-output OUT  where the patched checkpoint goes, with OUT.sha256
+                                                               (bnadapt_dist.checkpoint_output)
+  --checkpoint-key K   which state_dict in the checkpoint: "model" or "model:module."
+                       (dict path, then key prefix)                (bnadapt_dist.checkpoint_key)
+  --in-place           allow --checkpoint-output to equal --checkpoint (still atomic)
   -h, --help           print this help and exit
 
 The sample shape comes from the config's input_info.sample_size (batch dimension first).
@@ -770,6 +810,16 @@ Settings parseSettings(const std::vector<std::string>& args) {
   s.stats_output_path = pick(flags.stats_output, file.stats_output, std::string());
   s.report_path = pick(flags.report, file.report, std::string());
   s.threads = pick(flags.threads, file.threads, 0);
+  s.checkpoint_path = pick(flags.checkpoint, file.checkpoint, std::string());
+  s.checkpoint_output_path = pick(flags.checkpoint_output, file.checkpoint_output, std::string());
+  s.checkpoint_key = pick(flags.checkpoint_key, file.checkpoint_key, std::string());
+  s.in_place = pick(flags.in_place, file.in_place, false);
+  BNA_CHECK(s.checkpoint_path.empty() == s.checkpoint_output_path.empty(), ExitCode::kUsage,
+            s.checkpoint_path.empty()
+                ? "--checkpoint-output needs --checkpoint IN (the checkpoint to patch)"
+                : "--checkpoint needs --checkpoint-output OUT (where the patched copy goes)");
+  BNA_CHECK(!s.in_place || !s.checkpoint_path.empty(), ExitCode::kUsage,
+            "--in-place applies to --checkpoint, which is not given");
   s.compression_algorithms = std::move(file.algorithms);
   s.ignored_keys = std::move(file.ignored_keys);
   return s;

@@ -33,6 +33,13 @@ struct Settings {
 
   int threads = 0;  // --threads; 0 = cores / local ranks
 
+  // A training checkpoint to patch (empty: none), where the patched copy goes, which
+  // state_dict inside it ("path:prefix" or "path"), and whether OUT may equal IN.
+  std::string checkpoint_path;         // --checkpoint
+  std::string checkpoint_output_path;  // --checkpoint-output
+  std::string checkpoint_key;          // --checkpoint-key
+  bool in_place = false;               // --in-place
+
   // From NNCF's compression section: algorithm names, in order ("quantization", ...).
   std::vector<std::string> compression_algorithms;
   // Top-level and nested NNCF keys we accept but do not use, as JSON paths; logged once.

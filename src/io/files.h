@@ -28,6 +28,7 @@ class StagedFile {
   StagedFile& operator=(StagedFile&&) = delete;
 
   const std::string& path() const { return path_; }
+  const std::string& tmpPath() const { return tmp_; }
   void commit();
 
  private:

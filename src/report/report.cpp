@@ -90,6 +90,13 @@ nlohmann::json buildReport(const RunSummary& run) {
     skipped.push_back({{"name", s.name}, {"kind", s.kind}, {"reason", s.reason}});
   }
   j["skipped_layers"] = skipped;
+  if (!run.checkpoint_description.empty()) {
+    j["checkpoint"] = {{"input", st.checkpoint_path},
+                       {"output", st.checkpoint_output_path},
+                       {"in_place", st.in_place},
+                       {"description", run.checkpoint_description},
+                       {"sha256", run.checkpoint_sha256}};
+  }
   j["timings"] = {{"setup_seconds", run.setup_seconds},
                   {"forward_seconds", run.forward_seconds},
                   {"allreduce_seconds", run.allreduce_seconds},

@@ -34,6 +34,8 @@ struct RunSummary {
   double forward_seconds = 0;  // wall time of the forward phase on rank 0's clock
   double allreduce_seconds = 0;
   double total_seconds = 0;
+  std::string checkpoint_description;  // empty: no checkpoint written
+  std::string checkpoint_sha256;
 };
 
 nlohmann::json buildReport(const RunSummary& run);

@@ -153,3 +153,5 @@ bna_expect_failure(output_is_config 1 6 "is the same file as the input --config"
 file(CREATE_LINK ${BNA_FIX}/data_vec48.pt ${BNA_BAD}/link_to_data.pt SYMBOLIC)
 bna_expect_failure(output_is_input_via_symlink 2 6 "is the same file as the input --data"
                    ${BNA_GOOD} --stats-output ${BNA_BAD}/link_to_data.pt)
+
+include(${CMAKE_CURRENT_LIST_DIR}/checkpoint_tests.cmake)

@@ -1,0 +1,100 @@
+#include "checkpoint/checkpoint.h"
+
+#include <ATen/ATen.h>
+
+#include "checkpoint/safetensors.h"
+#include "checkpoint/tensor_bytes.h"
+#include "checkpoint/torch_zip_checkpoint.h"
+#include "common/error.h"
+#include "io/files.h"
+
+namespace bnadapt::checkpoint {
+namespace {
+
+c10::ScalarType safetensorsDtype(const std::string& dtype) {
+  if (dtype == "F32") return c10::kFloat;
+  if (dtype == "F64") return c10::kDouble;
+  if (dtype == "F16") return c10::kHalf;
+  if (dtype == "BF16") return c10::kBFloat16;
+  if (dtype == "I64") return c10::kLong;
+  if (dtype == "I32") return c10::kInt;
+  return c10::ScalarType::Undefined;
+}
+
+// safetensors: one flat dict of tensors; only the BN byte ranges change.
+class SafetensorsCheckpoint final : public Checkpoint {
+ public:
+  SafetensorsCheckpoint(std::string path, std::vector<char> bytes)
+      : path_(std::move(path)),
+        file_(SafetensorsFile::parse(std::string(bytes.begin(), bytes.end()), path_)) {}
+
+  void plan(const std::vector<ExpectedBuffer>& buffers, const std::string& key_choice) override {
+    KeyedDict dict{"", {}, {}};
+    for (const auto& e : file_.entries()) {
+      dict.keys.push_back(e.key);
+      dict.sizes.push_back(e.shape);
+    }
+    match_ = matchKeys({dict}, buffers, key_choice, path_);
+    targets_.clear();
+    for (const ExpectedBuffer& b : buffers) {
+      const std::string key = match_.prefix + b.name;
+      const SafetensorsEntry* e = file_.find(key);
+      if (e == nullptr) continue;  // optional buffer
+      checkCompatible(path_, key, b, e->shape, safetensorsDtype(e->dtype), e->dtype);
+      targets_.emplace_back(b.name, key);
+    }
+  }
+
+  void write(const std::string& path, const io::NamedTensors& updates) const override {
+    SafetensorsFile out = file_;
+    for (const auto& [name, values] : updates) {
+      for (const auto& [buffer, key] : targets_) {
+        if (buffer == name) out.patch(key, values);
+      }
+    }
+    io::bytesWriter(out.bytes())(path);
+  }
+
+  std::string describe() const override {
+    return "safetensors file " + path_ + ": key prefix '" + match_.prefix + "', " +
+           std::to_string(targets_.size()) + " BN buffer(s) to patch, " +
+           std::to_string(file_.entries().size()) + " tensor(s) in all";
+  }
+
+ private:
+  std::string path_;
+  SafetensorsFile file_;
+  KeyMatch match_;
+  std::vector<std::pair<std::string, std::string>> targets_;  // model buffer -> file key
+};
+
+}  // namespace
+
+std::unique_ptr<Checkpoint> openCheckpoint(const std::string& path) {
+  std::vector<char> bytes = io::readFile(path, "checkpoint", ExitCode::kCheckpoint);
+  auto startsWith = [&](std::string_view magic) {
+    return bytes.size() >= magic.size() &&
+           std::string_view(bytes.data(), magic.size()) == magic;
+  };
+  if (startsWith("PK\x03\x04") || startsWith("PK\x05\x06")) {
+    bytes.clear();
+    bytes.shrink_to_fit();  // the zip reader reads the file itself
+    return openTorchZip(path);
+  }
+  const bool named_safetensors =
+      path.size() >= 12 && path.compare(path.size() - 12, 12, ".safetensors") == 0;
+  if (named_safetensors || (bytes.size() > 8 && bytes[8] == '{')) {
+    return std::make_unique<SafetensorsCheckpoint>(path, std::move(bytes));
+  }
+  if (startsWith("\x80\x02") || startsWith("\x80\x03") || startsWith("\x80\x04") ||
+      (bytes.size() > 262 && std::string_view(bytes.data() + 257, 5) == "ustar")) {
+    fail(ExitCode::kCheckpoint, "checkpoint '", path,
+         "' is in the legacy torch.save format (PyTorch < 1.6, or "
+         "_use_new_zipfile_serialization=False); re-save it in the zip format: python -c "
+         "\"import torch; torch.save(torch.load('", path, "'), '", path, ".zip')\"");
+  }
+  fail(ExitCode::kCheckpoint, "checkpoint '", path,
+       "' is neither a torch.save zip archive nor a safetensors file");
+}
+
+}  // namespace bnadapt::checkpoint

@@ -1,0 +1,36 @@
+// Writing precise BN statistics into a user's existing checkpoint, changing nothing else.
+//
+// Formats: torch.save's zip archive (PyTorch >= 1.6; data.pkl is walked, never executed, and
+// only the storage records of the BN buffers are rewritten) and safetensors (only the byte
+// ranges of the BN buffers change). Legacy torch.save files are refused with a re-save hint.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "checkpoint/key_match.h"
+#include "io/stats_file.h"
+
+namespace bnadapt::checkpoint {
+
+class Checkpoint {
+ public:
+  virtual ~Checkpoint() = default;
+
+  // Finds where `buffers` live (see matchKeys) and checks shapes and dtypes, before any work.
+  virtual void plan(const std::vector<ExpectedBuffer>& buffers, const std::string& key_choice) = 0;
+
+  // Writes the input with `updates` (model buffer name -> new values, any dtype) applied to
+  // `path`. Only buffers found by plan() are written; values are converted to the
+  // checkpoint's dtype.
+  virtual void write(const std::string& path, const io::NamedTensors& updates) const = 0;
+
+  // One line for the log: format, where the state_dict is, how many buffers will change.
+  virtual std::string describe() const = 0;
+};
+
+// Opens `path` by its content. Errors are kCheckpoint and name the file.
+std::unique_ptr<Checkpoint> openCheckpoint(const std::string& path);
+
+}  // namespace bnadapt::checkpoint

@@ -1,0 +1,557 @@
+#include "checkpoint/pickle_walker.h"
+
+#include <cstring>
+#include <deque>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "common/error.h"
+
+namespace bnadapt::checkpoint {
+namespace {
+
+using Kind = PickleValue::Kind;
+
+PickleRef make(Kind kind) {
+  auto v = std::make_shared<PickleValue>();
+  v->kind = kind;
+  return v;
+}
+
+bool isGlobal(const PickleRef& v, std::string_view name) {
+  return v && v->kind == Kind::kGlobal && v->text == name;
+}
+
+bool asInt(const PickleRef& v, int64_t& out) {
+  if (!v || v->kind != Kind::kInt || v->big_int) return false;
+  out = v->int_value;
+  return true;
+}
+
+bool asIntTuple(const PickleRef& v, std::vector<int64_t>& out) {
+  if (!v || v->kind != Kind::kTuple) return false;
+  out.clear();
+  for (const auto& item : v->items) {
+    int64_t x = 0;
+    if (!asInt(item, x)) return false;
+    out.push_back(x);
+  }
+  return true;
+}
+
+class Unpickler {
+ public:
+  Unpickler(std::string_view data, const std::string& source) : data_(data), source_(source) {}
+  ~Unpickler() {
+    std::vector<PickleRef> roots = std::move(stack_);
+    for (auto& [index, v] : memo_) roots.push_back(std::move(v));
+    releaseIteratively(std::move(roots));
+  }
+
+  UnpickleResult run() {
+    for (;;) {
+      op_pos_ = pos_;
+      const uint8_t op = u8();
+      if (op == '.') break;  // STOP
+      step(op);
+    }
+    check(stack_.size() == 1 && marks_.empty(), "STOP with ", stack_.size(),
+          " values on the stack (expected 1)");
+    result_.root = stack_.back();
+    stack_.clear();  // the root owns everything now; the destructor must not cut it
+    memo_.clear();
+    return std::move(result_);
+  }
+
+ private:
+  template <typename... Args>
+  [[noreturn]] void error(Args&&... args) {
+    fail(ExitCode::kCheckpoint, source_, ": byte ", op_pos_, ": ", std::forward<Args>(args)...);
+  }
+  template <typename... Args>
+  void check(bool ok, Args&&... args) {
+    if (!ok) error(std::forward<Args>(args)...);
+  }
+
+  // ---- reading -----------------------------------------------------------------------
+  void need(uint64_t n) {
+    check(n <= data_.size() - pos_, "truncated: needs ", n, " more byte(s), ",
+          data_.size() - pos_, " left");
+  }
+  uint8_t u8() {
+    need(1);
+    return static_cast<uint8_t>(data_[pos_++]);
+  }
+  uint64_t le(int bytes) {
+    need(bytes);
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; ++i) v |= uint64_t(uint8_t(data_[pos_ + i])) << (8 * i);
+    pos_ += bytes;
+    return v;
+  }
+  std::string bytes(uint64_t n) {
+    need(n);
+    std::string s(data_.substr(pos_, n));
+    pos_ += n;
+    return s;
+  }
+  std::string line() {
+    const size_t nl = data_.find('\n', pos_);
+    check(nl != std::string_view::npos, "truncated: unterminated text argument");
+    std::string s(data_.substr(pos_, nl - pos_));
+    pos_ = nl + 1;
+    return s;
+  }
+
+  // ---- the stack ---------------------------------------------------------------------
+  void push(PickleRef v) { stack_.push_back(std::move(v)); }
+  PickleRef pop() {
+    check(stack_.size() > (marks_.empty() ? 0 : marks_.back()), "stack underflow");
+    PickleRef v = std::move(stack_.back());
+    stack_.pop_back();
+    return v;
+  }
+  PickleRef& top() {
+    check(stack_.size() > (marks_.empty() ? 0 : marks_.back()), "stack underflow");
+    return stack_.back();
+  }
+  std::vector<PickleRef> popMark() {
+    check(!marks_.empty(), "no MARK on the stack");
+    const size_t m = marks_.back();
+    marks_.pop_back();
+    std::vector<PickleRef> items(std::make_move_iterator(stack_.begin() + m),
+                                 std::make_move_iterator(stack_.end()));
+    stack_.resize(m);
+    return items;
+  }
+  void memoPut(uint64_t index) { memo_[index] = top(); }
+  void memoGet(uint64_t index) {
+    auto it = memo_.find(index);
+    check(it != memo_.end(), "memo entry ", index, " was never stored");
+    push(it->second);
+  }
+
+  PickleRef intValue(int64_t v) {
+    auto p = make(Kind::kInt);
+    p->int_value = v;
+    return p;
+  }
+  PickleRef longValue(const std::string& le_bytes) {
+    auto p = make(Kind::kInt);
+    if (le_bytes.size() > 8) {
+      p->big_int = true;
+      return p;
+    }
+    uint64_t v = 0;
+    for (size_t i = 0; i < le_bytes.size(); ++i) v |= uint64_t(uint8_t(le_bytes[i])) << (8 * i);
+    if (!le_bytes.empty() && le_bytes.size() < 8 && (uint8_t(le_bytes.back()) & 0x80)) {
+      v |= ~uint64_t(0) << (8 * le_bytes.size());  // sign-extend
+    }
+    p->int_value = static_cast<int64_t>(v);
+    return p;
+  }
+  PickleRef textInt(std::string s) {
+    if (!s.empty() && s.back() == 'L') s.pop_back();
+    if (s == "00" || s == "01") {
+      auto b = make(Kind::kBool);
+      b->int_value = s == "01";
+      return b;
+    }
+    auto p = make(Kind::kInt);
+    try {
+      size_t used = 0;
+      p->int_value = std::stoll(s, &used);
+      check(used == s.size(), "bad integer '", s, "'");
+    } catch (const std::out_of_range&) {
+      p->big_int = true;
+    } catch (const std::invalid_argument&) {
+      error("bad integer '", s, "'");
+    }
+    return p;
+  }
+  PickleRef str(Kind kind, std::string s) {
+    auto p = make(kind);
+    p->text = std::move(s);
+    return p;
+  }
+  PickleRef seq(Kind kind, std::vector<PickleRef> items) {
+    auto p = make(kind);
+    p->items = std::move(items);
+    return p;
+  }
+  PickleRef global(const std::string& module, const std::string& name) {
+    return str(Kind::kGlobal, module + "." + name);
+  }
+
+  void setItems(PickleRef& target, std::vector<PickleRef>& kv) {
+    check(kv.size() % 2 == 0, "SETITEMS with an odd number of values");
+    check(target->kind != Kind::kTuple && target->kind != Kind::kString &&
+              target->kind != Kind::kInt && target->kind != Kind::kNone,
+          "SETITEM on a value that is not a mapping");
+    for (size_t i = 0; i < kv.size(); i += 2) target->entries.emplace_back(kv[i], kv[i + 1]);
+  }
+
+  void call(PickleRef callable, PickleRef args) {
+    check(args->kind == Kind::kTuple, "REDUCE/NEWOBJ arguments are not a tuple");
+    auto c = make(Kind::kCall);
+    c->items = {callable, args};
+    recordTensor(*c);
+    push(std::move(c));
+  }
+
+  // torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...), storage a persistent
+  // ('storage', <type>, key, location, numel).
+  void recordTensor(const PickleValue& c) {
+    const PickleRef& fn = c.items[0];
+    const auto& args = c.items[1]->items;
+    if (isGlobal(fn, "torch._utils._rebuild_parameter") ||
+        isGlobal(fn, "torch._utils._rebuild_parameter_with_state")) {
+      if (args.empty()) return;
+      auto it = result_.tensors.find(args[0].get());
+      if (it != result_.tensors.end()) {
+        TensorRecord copy = it->second;
+        result_.tensors.emplace(&c, std::move(copy));
+      }
+      return;
+    }
+    if (!isGlobal(fn, "torch._utils._rebuild_tensor_v2") &&
+        !isGlobal(fn, "torch._utils._rebuild_tensor")) {
+      return;
+    }
+    check(args.size() >= 4 && args[0]->kind == Kind::kPersistent, "malformed ", fn->text,
+          " call: expected (storage, offset, size, stride, ...)");
+    const PickleRef& pid = args[0]->items.at(0);
+    check(pid->kind == Kind::kTuple && pid->items.size() >= 5 &&
+              pid->items[0]->kind == Kind::kString && pid->items[0]->text == "storage" &&
+              pid->items[1]->kind == Kind::kGlobal && pid->items[2]->kind == Kind::kString,
+          "malformed storage reference in ", fn->text);
+    TensorRecord rec;
+    rec.storage_type = pid->items[1]->text;
+    rec.dtype = storageDtype(rec.storage_type);
+    rec.storage_key = pid->items[2]->text;
+    check(asInt(pid->items[4], rec.storage_numel) && rec.storage_numel >= 0,
+          "malformed storage size in ", fn->text);
+    check(asInt(args[1], rec.offset) && asIntTuple(args[2], rec.sizes) &&
+              asIntTuple(args[3], rec.strides) && rec.sizes.size() == rec.strides.size() &&
+              rec.offset >= 0,
+          "malformed offset/size/stride in ", fn->text);
+    for (size_t i = 0; i < rec.sizes.size(); ++i) {
+      check(rec.sizes[i] >= 0 && rec.strides[i] >= 0, "negative size or stride in ", fn->text);
+    }
+    result_.tensors.emplace(&c, std::move(rec));
+  }
+
+  void step(uint8_t op) {
+    switch (op) {
+      case 0x80: {  // PROTO
+        const uint8_t proto = u8();
+        check(proto <= 5, "unsupported pickle protocol ", int(proto));
+        break;
+      }
+      case 0x95: le(8); break;  // FRAME: a hint only
+      case '(': marks_.push_back(stack_.size()); break;
+      case '0': pop(); break;
+      case '1': popMark(); break;
+      case '2': push(top()); break;
+      case 'N': push(make(Kind::kNone)); break;
+      case 0x88:
+      case 0x89: {
+        auto b = make(Kind::kBool);
+        b->int_value = op == 0x88;
+        push(b);
+        break;
+      }
+      case 'I': push(textInt(line())); break;
+      case 'L': push(textInt(line())); break;
+      case 'J': push(intValue(static_cast<int32_t>(le(4)))); break;
+      case 'K': push(intValue(u8())); break;
+      case 'M': push(intValue(static_cast<int64_t>(le(2)))); break;
+      case 0x8a: push(longValue(bytes(u8()))); break;
+      case 0x8b: {
+        const uint64_t n = le(4);
+        push(longValue(bytes(n)));
+        break;
+      }
+      case 'F': {
+        auto f = make(Kind::kFloat);
+        try {
+          f->float_value = std::stod(line());
+        } catch (const std::exception&) {
+          error("bad float");
+        }
+        push(f);
+        break;
+      }
+      case 'G': {
+        need(8);
+        uint64_t bits = 0;
+        for (int i = 0; i < 8; ++i) bits = (bits << 8) | uint8_t(data_[pos_ + i]);
+        pos_ += 8;
+        auto f = make(Kind::kFloat);
+        std::memcpy(&f->float_value, &bits, 8);
+        push(f);
+        break;
+      }
+      case 'S': push(str(Kind::kString, line())); break;  // repr-quoted; kept verbatim
+      case 'V': push(str(Kind::kString, line())); break;
+      case 'T': push(str(Kind::kString, bytes(le(4)))); break;
+      case 'U': push(str(Kind::kString, bytes(u8()))); break;
+      case 'X': push(str(Kind::kString, bytes(le(4)))); break;
+      case 0x8c: push(str(Kind::kString, bytes(u8()))); break;
+      case 0x8d: push(str(Kind::kString, bytes(le(8)))); break;
+      case 'B': push(str(Kind::kBytes, bytes(le(4)))); break;
+      case 'C': push(str(Kind::kBytes, bytes(u8()))); break;
+      case 0x8e:
+      case 0x96: push(str(Kind::kBytes, bytes(le(8)))); break;
+      case 0x97: error("out-of-band buffers (NEXT_BUFFER) are not supported"); break;
+      case 0x98: break;  // READONLY_BUFFER
+      case ')': push(seq(Kind::kTuple, {})); break;
+      case 't': push(seq(Kind::kTuple, popMark())); break;
+      case 0x85:
+      case 0x86:
+      case 0x87: {
+        const size_t n = op - 0x84;
+        std::vector<PickleRef> items(n);
+        for (size_t i = n; i-- > 0;) items[i] = pop();
+        push(seq(Kind::kTuple, std::move(items)));
+        break;
+      }
+      case ']': push(seq(Kind::kList, {})); break;
+      case 'l': push(seq(Kind::kList, popMark())); break;
+      case '}': push(make(Kind::kDict)); break;
+      case 'd': {
+        auto items = popMark();
+        auto d = make(Kind::kDict);
+        setItems(d, items);
+        push(d);
+        break;
+      }
+      case 0x8f: push(make(Kind::kSet)); break;
+      case 0x91: push(seq(Kind::kSet, popMark())); break;
+      case 'a': {
+        auto v = pop();
+        auto& list = top();
+        check(list->kind == Kind::kList, "APPEND to a value that is not a list");
+        list->items.push_back(std::move(v));
+        break;
+      }
+      case 'e': {
+        auto items = popMark();
+        auto& list = top();
+        check(list->kind == Kind::kList, "APPENDS to a value that is not a list");
+        for (auto& v : items) list->items.push_back(std::move(v));
+        break;
+      }
+      case 0x90: {
+        auto items = popMark();
+        auto& set = top();
+        check(set->kind == Kind::kSet, "ADDITEMS to a value that is not a set");
+        for (auto& v : items) set->items.push_back(std::move(v));
+        break;
+      }
+      case 's': {
+        std::vector<PickleRef> kv(2);
+        kv[1] = pop();
+        kv[0] = pop();
+        setItems(top(), kv);
+        break;
+      }
+      case 'u': {
+        auto kv = popMark();
+        setItems(top(), kv);
+        break;
+      }
+      case 'c': {
+        std::string module = line();
+        std::string name = line();
+        push(global(module, name));
+        break;
+      }
+      case 0x93: {
+        auto name = pop();
+        auto module = pop();
+        check(module->kind == Kind::kString && name->kind == Kind::kString,
+              "STACK_GLOBAL needs two strings");
+        push(global(module->text, name->text));
+        break;
+      }
+      case 'R': {
+        auto args = pop();
+        auto fn = pop();
+        call(std::move(fn), std::move(args));
+        break;
+      }
+      case 0x81: {
+        auto args = pop();
+        auto cls = pop();
+        call(std::move(cls), std::move(args));
+        break;
+      }
+      case 0x92: {
+        auto kwargs = pop();
+        auto args = pop();
+        auto cls = pop();
+        call(std::move(cls), std::move(args));
+        break;
+      }
+      case 'i': {
+        std::string module = line();
+        std::string name = line();
+        call(global(module, name), seq(Kind::kTuple, popMark()));
+        break;
+      }
+      case 'o': {
+        auto items = popMark();
+        check(!items.empty(), "OBJ without a class");
+        PickleRef cls = items.front();
+        items.erase(items.begin());
+        call(std::move(cls), seq(Kind::kTuple, std::move(items)));
+        break;
+      }
+      case 'b': {
+        auto state = pop();
+        top()->states.push_back(std::move(state));
+        break;
+      }
+      case 'P': {
+        auto p = make(Kind::kPersistent);
+        p->items = {str(Kind::kString, line())};
+        push(p);
+        break;
+      }
+      case 'Q': {
+        auto p = make(Kind::kPersistent);
+        p->items = {pop()};
+        push(p);
+        break;
+      }
+      case 'p': {
+        const std::string s = line();
+        try {
+          memoPut(std::stoull(s));
+        } catch (const std::logic_error&) {
+          error("bad memo index '", s, "'");
+        }
+        break;
+      }
+      case 'q': memoPut(u8()); break;
+      case 'r': memoPut(le(4)); break;
+      case 0x94: memoPut(memo_.size()); break;
+      case 'g': {
+        const std::string s = line();
+        uint64_t index = 0;
+        try {
+          index = std::stoull(s);
+        } catch (const std::logic_error&) {
+          error("bad memo index '", s, "'");
+        }
+        memoGet(index);
+        break;
+      }
+      case 'h': memoGet(u8()); break;
+      case 'j': memoGet(le(4)); break;
+      case 0x82:
+      case 0x83:
+      case 0x84: error("extension registry codes (EXT1/2/4) are not supported"); break;
+      default: error("unknown pickle opcode 0x", std::hex, int(op));
+    }
+  }
+
+  std::string_view data_;
+  const std::string& source_;
+  size_t pos_ = 0;
+  size_t op_pos_ = 0;
+  std::vector<PickleRef> stack_;
+  std::vector<size_t> marks_;
+  std::unordered_map<uint64_t, PickleRef> memo_;
+  UnpickleResult result_;
+};
+
+}  // namespace
+
+c10::ScalarType storageDtype(std::string_view type) {
+  static const std::pair<const char*, c10::ScalarType> kTypes[] = {
+      {"torch.FloatStorage", c10::kFloat},     {"torch.DoubleStorage", c10::kDouble},
+      {"torch.HalfStorage", c10::kHalf},       {"torch.BFloat16Storage", c10::kBFloat16},
+      {"torch.LongStorage", c10::kLong},       {"torch.IntStorage", c10::kInt},
+      {"torch.ShortStorage", c10::kShort},     {"torch.CharStorage", c10::kChar},
+      {"torch.ByteStorage", c10::kByte},       {"torch.BoolStorage", c10::kBool}};
+  for (const auto& [name, dtype] : kTypes) {
+    if (type == name) return dtype;
+  }
+  return c10::ScalarType::Undefined;
+}
+
+UnpickleResult unpickle(std::string_view data, const std::string& source) {
+  return Unpickler(data, source).run();
+}
+
+const TensorRecord* asTensor(const UnpickleResult& result, const PickleValue& value) {
+  auto it = result.tensors.find(&value);
+  return it == result.tensors.end() ? nullptr : &it->second;
+}
+
+void releaseIteratively(std::vector<PickleRef> roots) {
+  std::vector<PickleRef> all;
+  std::unordered_set<const PickleValue*> seen;
+  while (!roots.empty()) {
+    PickleRef v = std::move(roots.back());
+    roots.pop_back();
+    if (!v || !seen.insert(v.get()).second) continue;
+    for (auto& item : v->items) roots.push_back(item);
+    for (auto& [k, value] : v->entries) {
+      roots.push_back(k);
+      roots.push_back(value);
+    }
+    for (auto& s : v->states) roots.push_back(s);
+    all.push_back(std::move(v));
+  }
+  for (auto& v : all) {  // cut every edge first: no node then owns a deep subtree or a cycle
+    v->items.clear();
+    v->entries.clear();
+    v->states.clear();
+  }
+}
+
+std::vector<DictNode> tensorDicts(const UnpickleResult& result) {
+  const auto& tensors = result.tensors;
+
+  std::vector<DictNode> out;
+  std::unordered_set<const PickleValue*> seen;
+  std::deque<std::pair<const PickleValue*, std::string>> queue{{result.root.get(), ""}};
+  auto child = [](const std::string& parent, const std::string& key) {
+    return parent.empty() ? key : parent + "/" + key;
+  };
+  while (!queue.empty()) {
+    auto [v, path] = queue.front();
+    queue.pop_front();
+    if (v == nullptr || !seen.insert(v).second) continue;
+    if (!v->entries.empty() || v->kind == PickleValue::Kind::kDict) {
+      DictNode node;
+      node.path = path;
+      for (const auto& [k, value] : v->entries) {
+        if (!k || k->kind != PickleValue::Kind::kString) continue;
+        if (auto it = tensors.find(value.get()); it != tensors.end()) {
+          node.tensors.emplace_back(k->text, &it->second);
+        } else {
+          queue.emplace_back(value.get(), child(path, k->text));
+        }
+      }
+      if (!node.tensors.empty()) out.push_back(std::move(node));
+    }
+    // LibTorch's pickler (torch::pickle_save) wraps typed containers in restore_type_tag.
+    if (v->kind == PickleValue::Kind::kCall && v->items.size() == 2 &&
+        isGlobal(v->items[0], "torch.jit._pickle.restore_type_tag") &&
+        !v->items[1]->items.empty()) {
+      queue.emplace_front(v->items[1]->items[0].get(), path);
+    }
+    if (v->kind == PickleValue::Kind::kList || v->kind == PickleValue::Kind::kTuple) {
+      for (size_t i = 0; i < v->items.size(); ++i) {
+        queue.emplace_back(v->items[i].get(), child(path, "[" + std::to_string(i) + "]"));
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace bnadapt::checkpoint

@@ -1,0 +1,87 @@
+// A pickle reader for torch.save's data.pkl that builds a tree of values without running any
+// Python: globals become names, calls (REDUCE, NEWOBJ) stay unevaluated, persistent ids stay
+// as their tuples. Enough to find every tensor (torch._utils._rebuild_tensor_v2 calls on
+// persistent storages) and the dict keys that lead to it, while any object the tool cannot
+// construct (argparse.Namespace, numpy scalars, ...) is kept opaque. Protocols 0-5.
+//
+// Hostile input is expected: every read is bounds-checked, sizes are capped, and every
+// problem is an Error(kCheckpoint) naming the file and byte offset. Never a crash.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <c10/core/ScalarType.h>
+
+namespace bnadapt::checkpoint {
+
+struct PickleValue;
+using PickleRef = std::shared_ptr<PickleValue>;
+
+struct PickleValue {
+  enum class Kind {
+    kNone, kBool, kInt, kFloat, kString, kBytes,
+    kTuple, kList, kDict, kSet,
+    kGlobal,      // text = "module.name"
+    kCall,        // items = {callable, args}; REDUCE and NEWOBJ
+    kPersistent,  // items = {pid}
+  };
+  Kind kind = Kind::kNone;
+  int64_t int_value = 0;   // kInt (values beyond int64 are flagged by big_int), kBool
+  bool big_int = false;
+  double float_value = 0;  // kFloat
+  std::string text;        // kString, kBytes, kGlobal
+  std::vector<PickleRef> items;                           // tuple/list/set, call, persistent
+  std::vector<std::pair<PickleRef, PickleRef>> entries;   // SETITEM(S) on dicts and objects
+  std::vector<PickleRef> states;                          // BUILD states, in order
+};
+
+// A tensor as torch.save stores it: a view into a storage record.
+struct TensorRecord {
+  std::string storage_key;   // the record "data/<storage_key>"
+  std::string storage_type;  // e.g. "torch.FloatStorage"
+  c10::ScalarType dtype = c10::ScalarType::Undefined;  // Undefined: a storage type we do not patch
+  int64_t storage_numel = 0;
+  int64_t offset = 0;  // in elements
+  std::vector<int64_t> sizes;
+  std::vector<int64_t> strides;
+};
+
+// The element type of a legacy typed storage name ("torch.HalfStorage"), or Undefined.
+c10::ScalarType storageDtype(std::string_view storage_type);
+
+// Frees a value graph without recursion (hostile pickles nest millions deep or form cycles).
+void releaseIteratively(std::vector<PickleRef> roots);
+
+struct UnpickleResult {
+  PickleRef root;
+  // Every tensor the pickle rebuilds, keyed by the call node that rebuilds it.
+  std::unordered_map<const PickleValue*, TensorRecord> tensors;
+
+  UnpickleResult() = default;
+  UnpickleResult(UnpickleResult&&) = default;
+  UnpickleResult& operator=(UnpickleResult&&) = default;
+  ~UnpickleResult() { releaseIteratively({std::move(root)}); }
+};
+
+// Parses `data` (the bytes of data.pkl). `source` names it in messages.
+UnpickleResult unpickle(std::string_view data, const std::string& source);
+
+// The tensor a value rebuilds (a _rebuild_tensor_v2 / _rebuild_tensor / _rebuild_parameter
+// call), or nullptr.
+const TensorRecord* asTensor(const UnpickleResult& result, const PickleValue& value);
+
+// A dict reachable from the root through string keys (and list/tuple indices), with the
+// tensors among its entries: a candidate state_dict.
+struct DictNode {
+  std::string path;  // "model", "state_dict", "" for the root; list items as "[3]"
+  std::vector<std::pair<std::string, const TensorRecord*>> tensors;  // key -> tensor
+};
+std::vector<DictNode> tensorDicts(const UnpickleResult& result);
+
+}  // namespace bnadapt::checkpoint
