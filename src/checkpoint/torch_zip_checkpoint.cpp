@@ -32,19 +32,19 @@ class TorchZipCheckpoint final : public Checkpoint {
                 ": a zip archive without data.pkl: not a torch.save checkpoint (a TorchScript "
                 "model? pass it with --model)");
       if (reader_->hasRecord("byteorder")) {
-        auto [ptr, size] = reader_->getRecord("byteorder");
+        auto [ptr, size] = readRecord("byteorder");
         const std::string order(static_cast<const char*>(ptr.get()), size);
         BNA_CHECK(order == "little", ExitCode::kCheckpoint, path_, ": byte order '", order,
                   "' is not supported (little-endian only)");
       }
-      auto [ptr, size] = reader_->getRecord("data.pkl");
+      auto [ptr, size] = readRecord("data.pkl");
       pickle_ = unpickle(std::string_view(static_cast<const char*>(ptr.get()), size),
                          path_ + " (data.pkl)");
     } catch (const Error&) {
       throw;
-    } catch (const std::exception& e) {
+    } catch (const c10::Error& e) {
       fail(ExitCode::kCheckpoint, path_, ": not a readable torch.save zip archive: ",
-           firstLine(e.what()));
+           firstLine(e.what_without_backtrace()));
     }
   }
 
@@ -78,7 +78,7 @@ class TorchZipCheckpoint final : public Checkpoint {
       BNA_CHECK(rec.offset + extent(rec) <= rec.storage_numel, ExitCode::kCheckpoint, path_,
                 ": key '", key, "' reaches beyond its storage (", rec.storage_numel,
                 " elements)");
-      auto [ptr, size] = reader_->getRecord(record);
+      auto [ptr, size] = readRecord(record);
       BNA_CHECK(static_cast<int64_t>(size) >= rec.storage_numel * elsize, ExitCode::kCheckpoint,
                 path_, ": storage record '", record, "' holds ", size, " bytes, expected ",
                 rec.storage_numel * elsize);
@@ -97,7 +97,7 @@ class TorchZipCheckpoint final : public Checkpoint {
       const std::string record = "data/" + rec.storage_key;
       auto p = patched.find(record);
       if (p == patched.end()) {
-        auto [ptr, size] = reader_->getRecord(record);
+        auto [ptr, size] = readRecord(record);
         p = patched.emplace(record, std::string(static_cast<const char*>(ptr.get()), size)).first;
       }
       writeElements(p->second, rec.dtype, rec.offset, rec.sizes, rec.strides, values,
@@ -112,13 +112,13 @@ class TorchZipCheckpoint final : public Checkpoint {
         if (p != patched.end()) {
           writer.writeRecord(name, p->second.data(), p->second.size());
         } else {
-          auto [ptr, size] = reader_->getRecord(name);
+          auto [ptr, size] = readRecord(name);
           writer.writeRecord(name, ptr.get(), size);
         }
       }
       writer.writeEndOfFile();
     } catch (const c10::Error& e) {
-      fail(ExitCode::kOutput, "writing the checkpoint failed: ", firstLine(e.what()));
+      fail(ExitCode::kOutput, "writing the checkpoint failed: ", firstLine(e.what_without_backtrace()));
     }
   }
 
@@ -156,6 +156,16 @@ class TorchZipCheckpoint final : public Checkpoint {
   }
 
   static std::string firstLine(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+  // A record's bytes; a damaged archive (bad header, CRC) is a checkpoint error.
+  std::tuple<at::DataPtr, size_t> readRecord(const std::string& name) const {
+    try {
+      return reader_->getRecord(name);
+    } catch (const c10::Error& e) {
+      fail(ExitCode::kCheckpoint, path_, ": record '", name, "' cannot be read: ",
+           firstLine(e.what_without_backtrace()));
+    }
+  }
 
   std::string path_;
   std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader_;
