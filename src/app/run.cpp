@@ -326,12 +326,18 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
     if (!st.output_path.empty()) {
       staged.emplace_back(st.output_path, [&](const std::string& tmp) { model->save(tmp); });
     }
+    std::string sidecar;
     if (ckpt) {
-      staged.emplace_back(st.checkpoint_output_path,
-                          [&](const std::string& tmp) { ckpt->write(tmp, buffers); });
+      // The patched checkpoint keeps IN's permissions; in place, a symlink is followed so
+      // the file it names is replaced, not the link.
+      const std::string out = st.in_place ? io::resolveLinks(st.checkpoint_output_path)
+                                          : st.checkpoint_output_path;
+      staged.emplace_back(
+          out, [&](const std::string& tmp) { ckpt->write(tmp, buffers, plan.num_batches); },
+          io::fileMode(st.checkpoint_path));
       run.checkpoint_sha256 = io::sha256FileHex(staged.back().tmpPath());
-      const std::string& out = st.checkpoint_output_path;
-      staged.emplace_back(out + ".sha256",
+      sidecar = out + ".sha256";
+      staged.emplace_back(sidecar,
                           io::bytesWriter(run.checkpoint_sha256 + "  " +
                                           out.substr(out.find_last_of('/') + 1) + "\n"));
       run.checkpoint_description = ckpt->describe();
@@ -342,7 +348,7 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
     }
     // Every output is complete on disk; now put them in place. A checkpoint's old sidecar
     // goes first so that no stale .sha256 ever sits beside a new checkpoint.
-    if (ckpt) std::remove((st.checkpoint_output_path + ".sha256").c_str());
+    if (!sidecar.empty()) std::remove(sidecar.c_str());
     for (auto& file : staged) file.commit();
     for (const auto& line : report::summaryLines(run)) log::info(line);
     for (const auto& file : staged) log::info("wrote ", file.path());

@@ -11,6 +11,10 @@
 namespace bnadapt::checkpoint {
 namespace {
 
+bool endsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
 c10::ScalarType safetensorsDtype(const std::string& dtype) {
   if (dtype == "F32") return c10::kFloat;
   if (dtype == "F64") return c10::kDouble;
@@ -45,11 +49,21 @@ class SafetensorsCheckpoint final : public Checkpoint {
     }
   }
 
-  void write(const std::string& path, const io::NamedTensors& updates) const override {
+  void write(const std::string& path, const io::NamedTensors& updates,
+             int64_t batches_added) const override {
     SafetensorsFile out = file_;
     for (const auto& [name, values] : updates) {
       for (const auto& [buffer, key] : targets_) {
-        if (buffer == name) out.patch(key, values);
+        if (buffer != name) continue;
+        const SafetensorsEntry* e = out.find(key);
+        const c10::ScalarType dtype = safetensorsDtype(e->dtype);
+        if (endsWith(name, "num_batches_tracked")) {  // the file's own count + batches now
+          std::string bytes = out.bytes().substr(e->begin, e->end - e->begin);
+          writeCounter(bytes, dtype, {0}, batches_added, key, path_);
+          out.patch(key, at::from_blob(bytes.data(), {1}, dtype).clone().view(values.sizes()));
+        } else {
+          out.patch(key, convertChecked(values, dtype, key, path_));
+        }
       }
     }
     io::bytesWriter(out.bytes())(path);
@@ -71,23 +85,17 @@ class SafetensorsCheckpoint final : public Checkpoint {
 }  // namespace
 
 std::unique_ptr<Checkpoint> openCheckpoint(const std::string& path) {
-  std::vector<char> bytes = io::readFile(path, "checkpoint", ExitCode::kCheckpoint);
+  const std::string head = io::readHead(path, 512, "checkpoint", ExitCode::kCheckpoint);
   auto startsWith = [&](std::string_view magic) {
-    return bytes.size() >= magic.size() &&
-           std::string_view(bytes.data(), magic.size()) == magic;
+    return head.size() >= magic.size() && std::string_view(head.data(), magic.size()) == magic;
   };
-  if (startsWith("PK\x03\x04") || startsWith("PK\x05\x06")) {
-    bytes.clear();
-    bytes.shrink_to_fit();  // the zip reader reads the file itself
-    return openTorchZip(path);
-  }
-  const bool named_safetensors =
-      path.size() >= 12 && path.compare(path.size() - 12, 12, ".safetensors") == 0;
-  if (named_safetensors || (bytes.size() > 8 && bytes[8] == '{')) {
-    return std::make_unique<SafetensorsCheckpoint>(path, std::move(bytes));
+  if (startsWith("PK\x03\x04") || startsWith("PK\x05\x06")) return openTorchZip(path);
+  if (endsWith(path, ".safetensors") || (head.size() > 8 && head[8] == '{')) {
+    return std::make_unique<SafetensorsCheckpoint>(
+        path, io::readFile(path, "checkpoint", ExitCode::kCheckpoint));
   }
   if (startsWith("\x80\x02") || startsWith("\x80\x03") || startsWith("\x80\x04") ||
-      (bytes.size() > 262 && std::string_view(bytes.data() + 257, 5) == "ustar")) {
+      (head.size() > 262 && head.compare(257, 5, "ustar") == 0)) {
     fail(ExitCode::kCheckpoint, "checkpoint '", path,
          "' is in the legacy torch.save format (PyTorch < 1.6, or "
          "_use_new_zipfile_serialization=False); re-save it in the zip format: python -c "

@@ -23,8 +23,10 @@ class Checkpoint {
 
   // Writes the input with `updates` (model buffer name -> new values, any dtype) applied to
   // `path`. Only buffers found by plan() are written; values are converted to the
-  // checkpoint's dtype.
-  virtual void write(const std::string& path, const io::NamedTensors& updates) const = 0;
+  // checkpoint's dtype. num_batches_tracked becomes the checkpoint's own count plus
+  // `batches_added` (its value in `updates` is not used).
+  virtual void write(const std::string& path, const io::NamedTensors& updates,
+                     int64_t batches_added) const = 0;
 
   // One line for the log: format, where the state_dict is, how many buffers will change.
   virtual std::string describe() const = 0;

@@ -47,18 +47,22 @@ KeyMatch matchKeys(const std::vector<KeyedDict>& dicts, const std::vector<Expect
   size_t best_found = 0;  // for the "nothing matches" message
   KeyMatch best;
   std::string best_missing;
-  for (const KeyedDict& dict : dicts) {
+  for (size_t d = 0; d < dicts.size(); ++d) {
+    const KeyedDict& dict = dicts[d];
     std::unordered_map<std::string, size_t> index;
     for (size_t i = 0; i < dict.keys.size(); ++i) index.emplace(dict.keys[i], i);
     std::unordered_set<std::string> prefixes;
     for (const std::string& k : dict.keys) {
+      // A prefix is a whole number of module levels: "" or ending in "." ("ema_" is not a
+      // prefix of "ema_bn1.running_mean" for the model's "bn1").
       if (k.size() >= anchor.size() &&
-          k.compare(k.size() - anchor.size(), anchor.size(), anchor) == 0) {
+          k.compare(k.size() - anchor.size(), anchor.size(), anchor) == 0 &&
+          (k.size() == anchor.size() || k[k.size() - anchor.size() - 1] == '.')) {
         prefixes.insert(k.substr(0, k.size() - anchor.size()));
       }
     }
     for (const std::string& prefix : prefixes) {
-      Candidate c{{dict.path, prefix}};
+      Candidate c{{dict.path, prefix, d}};
       size_t found = 0;
       std::string missing;
       for (const ExpectedBuffer& b : buffers) {

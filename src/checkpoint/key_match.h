@@ -26,7 +26,8 @@ struct KeyedDict {
 
 struct KeyMatch {
   std::string dict_path;
-  std::string prefix;
+  std::string prefix;      // "" or ending in "." ("module.", "model.backbone.")
+  size_t dict_index = 0;   // into the dicts given to matchKeys
   std::string id() const { return dict_path + ":" + prefix; }
 };
 

@@ -12,11 +12,6 @@ namespace {
 
 using Kind = PickleValue::Kind;
 
-PickleRef make(Kind kind) {
-  auto v = std::make_shared<PickleValue>();
-  v->kind = kind;
-  return v;
-}
 
 bool isGlobal(const PickleRef& v, std::string_view name) {
   return v && v->kind == Kind::kGlobal && v->text == name;
@@ -49,6 +44,8 @@ class Unpickler {
   }
 
   UnpickleResult run() {
+    check(data_.size() <= kMaxPickleBytes, "data.pkl is ", data_.size(), " bytes, more than the ",
+          kMaxPickleBytes, " accepted");
     for (;;) {
       op_pos_ = pos_;
       const uint8_t op = u8();
@@ -71,6 +68,13 @@ class Unpickler {
   template <typename... Args>
   void check(bool ok, Args&&... args) {
     if (!ok) error(std::forward<Args>(args)...);
+  }
+
+  PickleRef make(Kind kind) {
+    check(++values_ <= kMaxPickleValues, "more than ", kMaxPickleValues, " values");
+    auto v = std::make_shared<PickleValue>();
+    v->kind = kind;
+    return v;
   }
 
   // ---- reading -----------------------------------------------------------------------
@@ -201,17 +205,12 @@ class Unpickler {
 
   // torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...), storage a persistent
   // ('storage', <type>, key, location, numel).
-  void recordTensor(const PickleValue& c) {
+  void recordTensor(PickleValue& c) {
     const PickleRef& fn = c.items[0];
     const auto& args = c.items[1]->items;
     if (isGlobal(fn, "torch._utils._rebuild_parameter") ||
         isGlobal(fn, "torch._utils._rebuild_parameter_with_state")) {
-      if (args.empty()) return;
-      auto it = result_.tensors.find(args[0].get());
-      if (it != result_.tensors.end()) {
-        TensorRecord copy = it->second;
-        result_.tensors.emplace(&c, std::move(copy));
-      }
+      if (!args.empty()) c.tensor = args[0]->tensor;  // a Parameter is its data's tensor
       return;
     }
     if (!isGlobal(fn, "torch._utils._rebuild_tensor_v2") &&
@@ -238,7 +237,9 @@ class Unpickler {
     for (size_t i = 0; i < rec.sizes.size(); ++i) {
       check(rec.sizes[i] >= 0 && rec.strides[i] >= 0, "negative size or stride in ", fn->text);
     }
-    result_.tensors.emplace(&c, std::move(rec));
+    auto shared = std::make_shared<const TensorRecord>(std::move(rec));
+    c.tensor = shared;
+    result_.tensors.push_back(std::move(shared));
   }
 
   void step(uint8_t op) {
@@ -464,6 +465,7 @@ class Unpickler {
   std::vector<PickleRef> stack_;
   std::vector<size_t> marks_;
   std::unordered_map<uint64_t, PickleRef> memo_;
+  size_t values_ = 0;
   UnpickleResult result_;
 };
 
@@ -486,12 +488,9 @@ UnpickleResult unpickle(std::string_view data, const std::string& source) {
   return Unpickler(data, source).run();
 }
 
-const TensorRecord* asTensor(const UnpickleResult& result, const PickleValue& value) {
-  auto it = result.tensors.find(&value);
-  return it == result.tensors.end() ? nullptr : &it->second;
-}
+namespace {
 
-void releaseIteratively(std::vector<PickleRef> roots) {
+void releaseNodes(std::vector<PickleRef> roots) {
   std::vector<PickleRef> all;
   std::unordered_set<const PickleValue*> seen;
   while (!roots.empty()) {
@@ -513,28 +512,55 @@ void releaseIteratively(std::vector<PickleRef> roots) {
   }
 }
 
-std::vector<DictNode> tensorDicts(const UnpickleResult& result) {
-  const auto& tensors = result.tensors;
+}  // namespace
 
+void releaseIteratively(std::vector<PickleRef> roots) {
+  try {
+    releaseNodes(std::move(roots));
+  } catch (const std::bad_alloc&) {
+    // Out of memory while freeing: leaking beats std::terminate from a destructor.
+  }
+}
+
+std::vector<DictNode> tensorDicts(const UnpickleResult& result) {
+  constexpr size_t kMaxDepth = 32;
+  constexpr size_t kMaxKey = 256;
+  struct Item {
+    const PickleValue* value;
+    std::string path;
+    size_t depth;
+  };
   std::vector<DictNode> out;
   std::unordered_set<const PickleValue*> seen;
-  std::deque<std::pair<const PickleValue*, std::string>> queue{{result.root.get(), ""}};
+  std::deque<Item> queue{{result.root.get(), "", 0}};
   auto child = [](const std::string& parent, const std::string& key) {
     return parent.empty() ? key : parent + "/" + key;
   };
   while (!queue.empty()) {
-    auto [v, path] = queue.front();
+    Item item = std::move(queue.front());
     queue.pop_front();
-    if (v == nullptr || !seen.insert(v).second) continue;
+    const PickleValue* v = item.value;
+    if (v == nullptr || item.depth > kMaxDepth || !seen.insert(v).second) continue;
     if (!v->entries.empty() || v->kind == PickleValue::Kind::kDict) {
-      DictNode node;
-      node.path = path;
+      // Python keeps the last value of a key set twice.
+      std::unordered_map<std::string, const PickleValue*> last;
+      std::vector<std::string> order;
       for (const auto& [k, value] : v->entries) {
         if (!k || k->kind != PickleValue::Kind::kString) continue;
-        if (auto it = tensors.find(value.get()); it != tensors.end()) {
-          node.tensors.emplace_back(k->text, &it->second);
+        if (last.emplace(k->text, value.get()).second) {
+          order.push_back(k->text);
         } else {
-          queue.emplace_back(value.get(), child(path, k->text));
+          last[k->text] = value.get();
+        }
+      }
+      DictNode node;
+      node.path = item.path;
+      for (const std::string& key : order) {
+        const PickleValue* value = last[key];
+        if (value->tensor) {
+          node.tensors.emplace_back(key, value->tensor.get());
+        } else if (key.size() <= kMaxKey) {
+          queue.push_back({value, child(item.path, key), item.depth + 1});
         }
       }
       if (!node.tensors.empty()) out.push_back(std::move(node));
@@ -543,11 +569,12 @@ std::vector<DictNode> tensorDicts(const UnpickleResult& result) {
     if (v->kind == PickleValue::Kind::kCall && v->items.size() == 2 &&
         isGlobal(v->items[0], "torch.jit._pickle.restore_type_tag") &&
         !v->items[1]->items.empty()) {
-      queue.emplace_front(v->items[1]->items[0].get(), path);
+      queue.push_front({v->items[1]->items[0].get(), item.path, item.depth});
     }
     if (v->kind == PickleValue::Kind::kList || v->kind == PickleValue::Kind::kTuple) {
       for (size_t i = 0; i < v->items.size(); ++i) {
-        queue.emplace_back(v->items[i].get(), child(path, "[" + std::to_string(i) + "]"));
+        queue.push_back({v->items[i].get(), child(item.path, "[" + std::to_string(i) + "]"),
+                         item.depth + 1});
       }
     }
   }

@@ -22,6 +22,7 @@ namespace bnadapt::checkpoint {
 
 struct PickleValue;
 using PickleRef = std::shared_ptr<PickleValue>;
+struct TensorRecord;
 
 struct PickleValue {
   enum class Kind {
@@ -39,6 +40,7 @@ struct PickleValue {
   std::vector<PickleRef> items;                           // tuple/list/set, call, persistent
   std::vector<std::pair<PickleRef, PickleRef>> entries;   // SETITEM(S) on dicts and objects
   std::vector<PickleRef> states;                          // BUILD states, in order
+  std::shared_ptr<const TensorRecord> tensor;  // set on the call that rebuilds a tensor
 };
 
 // A tensor as torch.save stores it: a view into a storage record.
@@ -60,8 +62,8 @@ void releaseIteratively(std::vector<PickleRef> roots);
 
 struct UnpickleResult {
   PickleRef root;
-  // Every tensor the pickle rebuilds, keyed by the call node that rebuilds it.
-  std::unordered_map<const PickleValue*, TensorRecord> tensors;
+  // Every tensor the pickle rebuilds (also those it builds and drops).
+  std::vector<std::shared_ptr<const TensorRecord>> tensors;
 
   UnpickleResult() = default;
   UnpickleResult(UnpickleResult&&) = default;
@@ -69,17 +71,20 @@ struct UnpickleResult {
   ~UnpickleResult() { releaseIteratively({std::move(root)}); }
 };
 
+// Limits against hostile input: pickles bigger than this, or building more values, are
+// refused (a state_dict of 10,000 tensors builds about 200,000).
+constexpr size_t kMaxPickleBytes = size_t{1} << 30;
+constexpr size_t kMaxPickleValues = 20'000'000;
+
 // Parses `data` (the bytes of data.pkl). `source` names it in messages.
 UnpickleResult unpickle(std::string_view data, const std::string& source);
 
-// The tensor a value rebuilds (a _rebuild_tensor_v2 / _rebuild_tensor / _rebuild_parameter
-// call), or nullptr.
-const TensorRecord* asTensor(const UnpickleResult& result, const PickleValue& value);
-
 // A dict reachable from the root through string keys (and list/tuple indices), with the
-// tensors among its entries: a candidate state_dict.
+// tensors among its entries: a candidate state_dict. A key set twice keeps its last value,
+// as Python does. Dicts deeper than 32 levels, or under keys longer than 256 bytes, are not
+// searched.
 struct DictNode {
-  std::string path;  // "model", "state_dict", "" for the root; list items as "[3]"
+  std::string path;  // "model", "state_dict", "" for the root; list items as "[3]"; "/"-joined
   std::vector<std::pair<std::string, const TensorRecord*>> tensors;  // key -> tensor
 };
 std::vector<DictNode> tensorDicts(const UnpickleResult& result);

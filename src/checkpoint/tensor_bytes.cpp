@@ -1,5 +1,6 @@
 #include "checkpoint/tensor_bytes.h"
 
+#include <cstdint>
 #include <cstring>
 
 #include <ATen/ATen.h>
@@ -35,28 +36,58 @@ void checkCompatible(const std::string& source, const std::string& key,
             ", expected ", counter ? "int64 or int32" : "float32, float64, float16 or bfloat16");
 }
 
-void writeElements(std::string& bytes, c10::ScalarType dtype, int64_t offset,
-                   const std::vector<int64_t>& sizes, const std::vector<int64_t>& strides,
-                   const at::Tensor& values, const std::string& key, const std::string& source) {
-  int64_t numel = 1;
-  for (int64_t s : sizes) numel *= s;
-  BNA_CHECK(values.numel() == numel, ExitCode::kCheckpoint, source, ": key '", key, "' has ",
-            numel, " elements, the new values ", values.numel());
+at::Tensor convertChecked(const at::Tensor& values, c10::ScalarType dtype, const std::string& key,
+                          const std::string& source) {
   const at::Tensor v = values.detach().cpu().to(dtype).contiguous();
+  if (at::isFloatingType(dtype)) {
+    const at::Tensor lost = at::logical_and(at::isfinite(values.detach().cpu()),
+                                            at::logical_not(at::isfinite(v)));
+    BNA_CHECK(!lost.any().item<bool>(), ExitCode::kCheckpoint, source, ": key '", key,
+              "': a new value does not fit the checkpoint's ", c10::toString(dtype),
+              " (largest magnitude ", values.abs().max().item<double>(), ")");
+  }
+  return v;
+}
+
+void writeElements(std::string& bytes, c10::ScalarType dtype, const std::vector<int64_t>& elements,
+                   const at::Tensor& values, const std::string& key, const std::string& source) {
+  BNA_CHECK(values.numel() == static_cast<int64_t>(elements.size()), ExitCode::kCheckpoint, source,
+            ": key '", key, "' has ", elements.size(), " elements, the new values ", values.numel());
+  const at::Tensor v = convertChecked(values, dtype, key, source);
   const size_t elsize = c10::elementSize(dtype);
   const char* src = static_cast<const char*>(v.data_ptr());
-  std::vector<int64_t> index(sizes.size(), 0);
-  for (int64_t linear = 0; linear < numel; ++linear) {
-    int64_t element = offset;
-    for (size_t d = 0; d < sizes.size(); ++d) element += index[d] * strides[d];
-    const uint64_t at = static_cast<uint64_t>(element) * elsize;
-    BNA_CHECK(element >= 0 && at + elsize <= bytes.size(), ExitCode::kCheckpoint, source,
+  for (size_t i = 0; i < elements.size(); ++i) {
+    const uint64_t at = static_cast<uint64_t>(elements[i]) * elsize;
+    BNA_CHECK(elements[i] >= 0 && at + elsize <= bytes.size(), ExitCode::kCheckpoint, source,
               ": key '", key, "' reaches beyond its storage");
-    std::memcpy(bytes.data() + at, src + linear * elsize, elsize);
-    for (size_t d = sizes.size(); d-- > 0;) {  // next multi-index, last dimension fastest
-      if (++index[d] < sizes[d]) break;
-      index[d] = 0;
-    }
+    std::memcpy(bytes.data() + at, src + i * elsize, elsize);
+  }
+}
+
+void writeCounter(std::string& bytes, c10::ScalarType dtype, const std::vector<int64_t>& elements,
+                  int64_t add, const std::string& key, const std::string& source) {
+  BNA_CHECK(elements.size() == 1 && (dtype == c10::kLong || dtype == c10::kInt),
+            ExitCode::kCheckpoint, source, ": key '", key, "' is not a single int64/int32 counter");
+  const size_t elsize = c10::elementSize(dtype);
+  const uint64_t at = static_cast<uint64_t>(elements[0]) * elsize;
+  BNA_CHECK(elements[0] >= 0 && at + elsize <= bytes.size(), ExitCode::kCheckpoint, source,
+            ": key '", key, "' reaches beyond its storage");
+  int64_t old = 0;
+  if (dtype == c10::kLong) {
+    std::memcpy(&old, bytes.data() + at, 8);
+  } else {
+    int32_t v32 = 0;
+    std::memcpy(&v32, bytes.data() + at, 4);
+    old = v32;
+  }
+  const int64_t now = old + add;
+  if (dtype == c10::kLong) {
+    std::memcpy(bytes.data() + at, &now, 8);
+  } else {
+    BNA_CHECK(now <= INT32_MAX, ExitCode::kCheckpoint, source, ": key '", key, "': ", old, " + ",
+              add, " does not fit its int32");
+    const int32_t v32 = static_cast<int32_t>(now);
+    std::memcpy(bytes.data() + at, &v32, 4);
   }
 }
 

@@ -18,10 +18,18 @@ void checkCompatible(const std::string& source, const std::string& key,
                      const ExpectedBuffer& expected, const std::vector<int64_t>& sizes,
                      c10::ScalarType dtype, const std::string& dtype_name);
 
-// Writes `values` (converted to `dtype`) into the view (offset, sizes, strides; in elements)
-// of `bytes`.
-void writeElements(std::string& bytes, c10::ScalarType dtype, int64_t offset,
-                   const std::vector<int64_t>& sizes, const std::vector<int64_t>& strides,
+// Writes `values` (converted to `dtype`; row-major) into the storage elements `elements` of
+// `bytes`. Finite values that the dtype cannot hold (float16 overflow) are an error naming
+// the key, never an inf in the checkpoint.
+void writeElements(std::string& bytes, c10::ScalarType dtype, const std::vector<int64_t>& elements,
                    const at::Tensor& values, const std::string& key, const std::string& source);
+
+// num_batches_tracked: adds `add` to the integer at `elements[0]` (int64 or int32, range-checked).
+void writeCounter(std::string& bytes, c10::ScalarType dtype, const std::vector<int64_t>& elements,
+                  int64_t add, const std::string& key, const std::string& source);
+
+// Values converted to `dtype`, refusing finite values that become inf/nan there.
+at::Tensor convertChecked(const at::Tensor& values, c10::ScalarType dtype, const std::string& key,
+                          const std::string& source);
 
 }  // namespace bnadapt::checkpoint

@@ -1,8 +1,10 @@
 #include "checkpoint/torch_zip_checkpoint.h"
 
-#include <algorithm>
+#include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <map>
+#include <set>
 
 #include <ATen/ATen.h>
 #include <caffe2/serialize/inline_container.h>
@@ -14,44 +16,50 @@
 namespace bnadapt::checkpoint {
 namespace {
 
-int64_t extent(const TensorRecord& r) {  // elements from offset to one past the last
-  int64_t last = 0;
-  for (size_t i = 0; i < r.sizes.size(); ++i) {
-    if (r.sizes[i] == 0) return 0;
-    last += (r.sizes[i] - 1) * r.strides[i];
-  }
-  return last + 1;
-}
+std::string firstLine(const std::string& s) { return s.substr(0, s.find('\n')); }
 
 class TorchZipCheckpoint final : public Checkpoint {
  public:
   explicit TorchZipCheckpoint(std::string path) : path_(std::move(path)) {
     try {
       reader_ = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path_);
-      BNA_CHECK(reader_->hasRecord("data.pkl"), ExitCode::kCheckpoint, path_,
-                ": a zip archive without data.pkl: not a torch.save checkpoint (a TorchScript "
-                "model? pass it with --model)");
-      if (reader_->hasRecord("byteorder")) {
-        auto [ptr, size] = readRecord("byteorder");
-        const std::string order(static_cast<const char*>(ptr.get()), size);
-        BNA_CHECK(order == "little", ExitCode::kCheckpoint, path_, ": byte order '", order,
-                  "' is not supported (little-endian only)");
-      }
-      auto [ptr, size] = readRecord("data.pkl");
-      pickle_ = unpickle(std::string_view(static_cast<const char*>(ptr.get()), size),
-                         path_ + " (data.pkl)");
-    } catch (const Error&) {
-      throw;
     } catch (const c10::Error& e) {
       fail(ExitCode::kCheckpoint, path_, ": not a readable torch.save zip archive: ",
            firstLine(e.what_without_backtrace()));
     }
+    BNA_CHECK(reader_->hasRecord("data.pkl"), ExitCode::kCheckpoint, path_,
+              ": a zip archive without data.pkl: not a torch.save checkpoint (a TorchScript "
+              "model? pass it with --model)");
+    // Every record is read (and CRC-checked) now, before any forward pass, so a damaged
+    // archive fails at once rather than at write time.
+    std::vector<std::string> all;
+    try {
+      all = reader_->getAllRecords();
+    } catch (const c10::Error& e) {
+      fail(ExitCode::kCheckpoint, path_, ": damaged archive: ",
+           firstLine(e.what_without_backtrace()));
+    }
+    std::set<std::string> names;
+    for (const std::string& name : all) {
+      BNA_CHECK(names.insert(name).second, ExitCode::kCheckpoint, path_, ": record '", name,
+                "' appears twice in the archive");
+      readRecord(name);
+    }
+    if (reader_->hasRecord("byteorder")) {
+      auto [ptr, size] = readRecord("byteorder");
+      const std::string order(static_cast<const char*>(ptr.get()), size);
+      BNA_CHECK(order == "little", ExitCode::kCheckpoint, path_, ": byte order '", order,
+                "' is not supported (little-endian only)");
+    }
+    auto [ptr, size] = readRecord("data.pkl");
+    pickle_ = unpickle(std::string_view(static_cast<const char*>(ptr.get()), size),
+                       path_ + " (data.pkl)");
   }
 
   void plan(const std::vector<ExpectedBuffer>& buffers, const std::string& key_choice) override {
-    const std::vector<DictNode> dicts = tensorDicts(pickle_);
+    dicts_ = tensorDicts(pickle_);
     std::vector<KeyedDict> keyed;
-    for (const auto& d : dicts) {
+    for (const auto& d : dicts_) {
       KeyedDict k{d.path, {}, {}};
       for (const auto& [key, rec] : d.tensors) {
         k.keys.push_back(key);
@@ -60,51 +68,67 @@ class TorchZipCheckpoint final : public Checkpoint {
       keyed.push_back(std::move(k));
     }
     match_ = matchKeys(keyed, buffers, key_choice, path_);
-    const DictNode& dict = *std::find_if(dicts.begin(), dicts.end(), [&](const DictNode& d) {
-      return d.path == match_.dict_path;
-    });
+    const DictNode& dict = dicts_.at(match_.dict_index);
+    std::map<std::string, const TensorRecord*> byKey(dict.tensors.begin(), dict.tensors.end());
     targets_.clear();
     for (const ExpectedBuffer& b : buffers) {
       const std::string key = match_.prefix + b.name;
-      auto it = std::find_if(dict.tensors.begin(), dict.tensors.end(),
-                             [&](const auto& kv) { return kv.first == key; });
-      if (it == dict.tensors.end()) continue;  // optional (num_batches_tracked), checked above
+      auto it = byKey.find(key);
+      if (it == byKey.end()) {
+        BNA_CHECK(!b.required, ExitCode::kCheckpoint, path_, ": key '", key, "' is missing");
+        continue;  // num_batches_tracked of a very old checkpoint
+      }
       const TensorRecord& rec = *it->second;
       checkCompatible(path_, key, b, rec.sizes, rec.dtype, rec.storage_type);
       const std::string record = "data/" + rec.storage_key;
       BNA_CHECK(reader_->hasRecord(record), ExitCode::kCheckpoint, path_, ": key '", key,
                 "' refers to storage record '", record, "', which is missing");
-      const int64_t elsize = static_cast<int64_t>(c10::elementSize(rec.dtype));
-      BNA_CHECK(rec.offset + extent(rec) <= rec.storage_numel, ExitCode::kCheckpoint, path_,
-                ": key '", key, "' reaches beyond its storage (", rec.storage_numel,
-                " elements)");
       auto [ptr, size] = readRecord(record);
+      const int64_t elsize = static_cast<int64_t>(c10::elementSize(rec.dtype));
       BNA_CHECK(static_cast<int64_t>(size) >= rec.storage_numel * elsize, ExitCode::kCheckpoint,
                 path_, ": storage record '", record, "' holds ", size, " bytes, expected ",
                 rec.storage_numel * elsize);
-      targets_.emplace(b.name, Target{key, rec});
+      const std::vector<int64_t> elements = elementsOf(rec, key);
+      for (int64_t e : elements) {
+        BNA_CHECK(e < rec.storage_numel, ExitCode::kCheckpoint, path_, ": key '", key,
+                  "' reaches beyond its storage (", rec.storage_numel, " elements)");
+      }
+      targets_.emplace(b.name, Target{key, &rec, elements});
     }
     checkNoSharedStorage();
   }
 
-  void write(const std::string& path, const io::NamedTensors& updates) const override {
+  void write(const std::string& path, const io::NamedTensors& updates,
+             int64_t batches_added) const override {
     // storage record -> patched bytes
     std::map<std::string, std::string> patched;
     for (const auto& [name, values] : updates) {
       auto t = targets_.find(name);
       if (t == targets_.end()) continue;
-      const TensorRecord& rec = t->second.record;
+      const TensorRecord& rec = *t->second.record;
       const std::string record = "data/" + rec.storage_key;
       auto p = patched.find(record);
       if (p == patched.end()) {
         auto [ptr, size] = readRecord(record);
         p = patched.emplace(record, std::string(static_cast<const char*>(ptr.get()), size)).first;
       }
-      writeElements(p->second, rec.dtype, rec.offset, rec.sizes, rec.strides, values,
-                    t->second.key, path_);
+      if (isCounter(name)) {  // the checkpoint's own count, plus the batches used now
+        writeCounter(p->second, rec.dtype, t->second.elements, batches_added, t->second.key, path_);
+      } else {
+        writeElements(p->second, rec.dtype, t->second.elements, values, t->second.key, path_);
+      }
     }
+    // A writer callback that never fails: LibTorch 1.13's writer throws again from its
+    // destructor after a failed write, which would terminate the process.
+    std::FILE* file = std::fopen(path.c_str(), "wb");
+    BNA_CHECK(file != nullptr, ExitCode::kOutput, "cannot open ", path, ": ", std::strerror(errno));
+    int write_errno = 0;
+    auto sink = [&](const void* data, size_t n) -> size_t {
+      if (write_errno == 0 && std::fwrite(data, 1, n, file) != n) write_errno = errno ? errno : EIO;
+      return n;
+    };
     try {
-      caffe2::serialize::PyTorchStreamWriter writer(path);
+      caffe2::serialize::PyTorchStreamWriter writer(sink);
       writer.setMinVersion(reader_->version());
       for (const std::string& name : reader_->getAllRecords()) {
         if (name == "version" || name == ".data/version") continue;  // the writer adds it
@@ -118,8 +142,13 @@ class TorchZipCheckpoint final : public Checkpoint {
       }
       writer.writeEndOfFile();
     } catch (const c10::Error& e) {
+      std::fclose(file);
       fail(ExitCode::kOutput, "writing the checkpoint failed: ", firstLine(e.what_without_backtrace()));
     }
+    if (std::fflush(file) != 0 && write_errno == 0) write_errno = errno;
+    std::fclose(file);
+    BNA_CHECK(write_errno == 0, ExitCode::kOutput, "writing ", path, " failed: ",
+              std::strerror(write_errno));
   }
 
   std::string describe() const override {
@@ -132,30 +161,66 @@ class TorchZipCheckpoint final : public Checkpoint {
 
  private:
   struct Target {
-    std::string key;  // in the checkpoint, with prefix
-    TensorRecord record;
+    std::string key;               // in the checkpoint, with prefix
+    const TensorRecord* record;    // owned by pickle_
+    std::vector<int64_t> elements; // storage element of each value, in row-major order
   };
+
+  static bool isCounter(const std::string& name) {
+    static const std::string kCounter = "num_batches_tracked";
+    return name.size() >= kCounter.size() &&
+           name.compare(name.size() - kCounter.size(), kCounter.size(), kCounter) == 0;
+  }
+
+  // Storage element indices of a view, refusing views in which two values share an element
+  // (an expanded or overlapping tensor cannot hold per-channel statistics).
+  std::vector<int64_t> elementsOf(const TensorRecord& rec, const std::string& key) const {
+    int64_t numel = 1;
+    for (int64_t s : rec.sizes) numel *= s;
+    std::vector<int64_t> out;
+    out.reserve(numel);
+    std::vector<int64_t> index(rec.sizes.size(), 0);
+    for (int64_t linear = 0; linear < numel; ++linear) {
+      int64_t e = rec.offset;
+      for (size_t d = 0; d < rec.sizes.size(); ++d) e += index[d] * rec.strides[d];
+      out.push_back(e);
+      for (size_t d = rec.sizes.size(); d-- > 0;) {
+        if (++index[d] < rec.sizes[d]) break;
+        index[d] = 0;
+      }
+    }
+    std::set<int64_t> distinct(out.begin(), out.end());
+    BNA_CHECK(distinct.size() == out.size(), ExitCode::kCheckpoint, path_, ": key '", key,
+              "' is a view whose values share storage elements (an expanded tensor?); it "
+              "cannot hold per-channel statistics");
+    return out;
+  }
 
   // A BN buffer must not share storage bytes with any other tensor, or patching it would
   // change that tensor too.
   void checkNoSharedStorage() const {
     for (const auto& [name, target] : targets_) {
-      const TensorRecord& t = target.record;
-      for (const auto& [node, other] : pickle_.tensors) {
-        if (other.storage_key != t.storage_key) continue;
-        const bool same_view = other.offset == t.offset && other.sizes == t.sizes &&
-                               other.strides == t.strides;
-        if (same_view) continue;  // the same tensor reached twice (memo) or its Parameter
-        const int64_t a0 = t.offset, a1 = t.offset + extent(t);
-        const int64_t b0 = other.offset, b1 = other.offset + extent(other);
-        BNA_CHECK(a1 <= b0 || b1 <= a0, ExitCode::kCheckpoint, path_, ": key '", target.key,
+      const TensorRecord& t = *target.record;
+      const std::set<int64_t> mine(target.elements.begin(), target.elements.end());
+      for (const auto& other : pickle_.tensors) {
+        if (other.get() == &t || other->storage_key != t.storage_key) continue;
+        if (other->offset == t.offset && other->sizes == t.sizes && other->strides == t.strides) {
+          continue;  // the same view rebuilt twice
+        }
+        bool empty = false;
+        int64_t last = other->offset;  // the other view spans [offset, last]
+        for (size_t d = 0; d < other->sizes.size(); ++d) {
+          empty = empty || other->sizes[d] == 0;
+          if (other->sizes[d] > 0) last += (other->sizes[d] - 1) * other->strides[d];
+        }
+        auto first_mine = mine.lower_bound(other->offset);
+        const bool overlaps = !empty && first_mine != mine.end() && *first_mine <= last;
+        BNA_CHECK(!overlaps, ExitCode::kCheckpoint, path_, ": key '", target.key,
                   "' shares storage '", t.storage_key,
                   "' with another tensor; patching it would change that tensor too");
       }
     }
   }
-
-  static std::string firstLine(const std::string& s) { return s.substr(0, s.find('\n')); }
 
   // A record's bytes; a damaged archive (bad header, CRC) is a checkpoint error.
   std::tuple<at::DataPtr, size_t> readRecord(const std::string& name) const {
@@ -170,6 +235,7 @@ class TorchZipCheckpoint final : public Checkpoint {
   std::string path_;
   std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader_;
   UnpickleResult pickle_;
+  std::vector<DictNode> dicts_;
   KeyMatch match_;
   std::map<std::string, Target> targets_;  // model buffer name ->
 };

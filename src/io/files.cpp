@@ -4,6 +4,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <climits>
+#include <cstdlib>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -44,6 +46,29 @@ std::vector<char> readFile(const std::string& path, const std::string& what, Exi
   return bytes;
 }
 
+std::string readHead(const std::string& path, size_t n, const std::string& what, ExitCode code) {
+  struct stat st {};
+  BNA_CHECK(::stat(path.c_str(), &st) == 0, code, what, " '", path,
+            "' cannot be read: ", std::strerror(errno));
+  BNA_CHECK(S_ISREG(st.st_mode), code, what, " '", path, "' is not a regular file");
+  std::ifstream in(path, std::ios::binary);
+  BNA_CHECK(in.good(), code, what, " '", path, "' cannot be opened: ", std::strerror(errno));
+  std::string head(n, '\0');
+  in.read(head.data(), static_cast<std::streamsize>(n));
+  head.resize(static_cast<size_t>(in.gcount()));
+  return head;
+}
+
+int fileMode(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 ? static_cast<int>(st.st_mode & 07777) : -1;
+}
+
+std::string resolveLinks(const std::string& path) {
+  char buf[PATH_MAX];
+  return ::realpath(path.c_str(), buf) != nullptr ? std::string(buf) : path;
+}
+
 bool sameFile(const std::string& a, const std::string& b) {
   struct stat sa {}, sb {};
   if (::stat(a.c_str(), &sa) != 0 || ::stat(b.c_str(), &sb) != 0) return false;
@@ -62,7 +87,7 @@ void checkWritable(const std::string& path) {
 }
 
 StagedFile::StagedFile(std::string path,
-                       const std::function<void(const std::string& tmp_path)>& write_tmp)
+                       const std::function<void(const std::string& tmp_path)>& write_tmp, int mode)
     : path_(std::move(path)) {
   checkWritable(path_);
   // Reserve a fresh name beside the target (O_EXCL: never another process's file).
@@ -73,7 +98,7 @@ StagedFile::StagedFile(std::string path,
             "file beside it: ", std::strerror(errno));
   const mode_t mask = ::umask(0);  // mkstemp makes 0600; outputs get the usual 0666 & ~umask
   ::umask(mask);
-  ::fchmod(fd, 0666 & ~mask);
+  ::fchmod(fd, mode >= 0 ? static_cast<mode_t>(mode) : (0666 & ~mask));
   ::close(fd);
   tmp_ = templ;
   try {

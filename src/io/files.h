@@ -12,6 +12,15 @@ namespace bnadapt::io {
 // Reads a whole file; a missing or unreadable file fails with `code`, naming `what` and path.
 std::vector<char> readFile(const std::string& path, const std::string& what, ExitCode code);
 
+// The first `n` bytes of a file (fewer if it is shorter); errors as readFile.
+std::string readHead(const std::string& path, size_t n, const std::string& what, ExitCode code);
+
+// Permission bits of an existing file, or -1.
+int fileMode(const std::string& path);
+
+// The path with symlinks resolved when it exists, else as given.
+std::string resolveLinks(const std::string& path);
+
 // True when both paths name the same existing file (symlinks and hard links included).
 bool sameFile(const std::string& a, const std::string& b);
 
@@ -20,7 +29,9 @@ bool sameFile(const std::string& a, const std::string& b);
 // untouched or complete. Stage every output first, then commit them all.
 class StagedFile {
  public:
-  StagedFile(std::string path, const std::function<void(const std::string& tmp_path)>& write_tmp);
+  // `mode`: the file's permission bits; -1 for the usual 0666 & ~umask.
+  StagedFile(std::string path, const std::function<void(const std::string& tmp_path)>& write_tmp,
+             int mode = -1);
   ~StagedFile() noexcept;
   StagedFile(StagedFile&& other) noexcept;
   StagedFile(const StagedFile&) = delete;

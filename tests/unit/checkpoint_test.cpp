@@ -59,7 +59,8 @@ TEST_F(CheckpointTest, PatchesOnlyTheBnBuffers) {
   const std::string out = dir_ + "/out.pt";
   ckpt->write(out, {{"bn.running_mean", at::tensor({0.5, 1.5, -2.0, 3.25}, at::kDouble)},
                     {"bn.running_var", at::tensor({1.0, 2.0, 4.0, 0.125}, at::kFloat)},
-                    {"bn.num_batches_tracked", at::scalar_tensor(12, at::kLong)}});
+                    {"bn.num_batches_tracked", at::scalar_tensor(-1, at::kLong)}},
+              /*batches_added=*/5);
   std::ifstream f(out, std::ios::binary);
   std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   c10::IValue loaded = torch::pickle_load(bytes);
@@ -73,6 +74,20 @@ TEST_F(CheckpointTest, PatchesOnlyTheBnBuffers) {
                         at::tensor({1.0, 2.0, 4.0, 0.125}).to(at::kHalf)));
   EXPECT_EQ(sd.at("module.bn.num_batches_tracked").toTensor().item<int64_t>(), 12);
   EXPECT_TRUE(at::equal(sd.at("module.fc.weight").toTensor(), at::arange(12, at::kFloat).view({3, 4})));
+}
+
+TEST_F(CheckpointTest, RefusesValuesTheDtypeCannotHold) {
+  auto ckpt = openCheckpoint(write("in.pt", sample()));
+  ckpt->plan(expected(), "");
+  try {
+    ckpt->write(dir_ + "/out.pt", {{"bn.running_var", at::full({4}, 1e6, at::kDouble)}}, 1);
+    ADD_FAILURE() << "float16 overflow accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ExitCode::kCheckpoint);
+    EXPECT_NE(std::string(e.what()).find("key 'module.bn.running_var': a new value does not fit"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 TEST_F(CheckpointTest, LegacyAndForeignFilesAreRefusedClearly) {
@@ -107,7 +122,7 @@ TEST_F(CheckpointTest, FuzzedCopiesGiveCleanErrors) {
     try {
       auto ckpt = openCheckpoint(p);
       ckpt->plan(expected(), "");
-      ckpt->write(dir_ + "/fuzz_out.pt", {{"bn.running_mean", at::zeros({4})}});
+      ckpt->write(dir_ + "/fuzz_out.pt", {{"bn.running_mean", at::zeros({4})}}, 1);
       ++ok;
     } catch (const Error& e) {
       EXPECT_TRUE(e.code() == ExitCode::kCheckpoint || e.code() == ExitCode::kOutput) << e.what();

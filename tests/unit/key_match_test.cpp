@@ -110,6 +110,17 @@ TEST(KeyMatch, ShapesDecideBetweenPlacesWithTheSameNames) {
   EXPECT_NE(errorOf({two}).find("none with the model's shapes"), std::string::npos);
 }
 
+TEST(KeyMatch, PrefixesEndAtAModuleBoundary) {
+  // A flat state_dict with the model's layers and an "ema_" copy beside them.
+  KeyedDict d{"", {}, {}};
+  for (const auto& b : kBuffers) {
+    d.keys.push_back(b.name);
+    d.keys.push_back("ema_" + b.name);
+  }
+  KeyMatch m = matchKeys({d}, kBuffers, "", "ck.pt");
+  EXPECT_EQ(m.prefix, "");
+}
+
 TEST(KeyMatch, NothingMatchesSaysWhatIsMissing) {
   const std::string partial = errorOf({dict("model", "module.", false)});
   EXPECT_NE(partial.find("has 2 of 4 but lacks 'module.l.0.bn.running_mean'"), std::string::npos)

@@ -90,7 +90,7 @@ std::string handWritten() {
 TEST(PickleWalker, OrderedDictBuildNewobjAndOpaqueObjects) {
   UnpickleResult r = unpickle(handWritten(), "hand");
   ASSERT_EQ(r.tensors.size(), 1u);
-  const TensorRecord& t = r.tensors.begin()->second;
+  const TensorRecord& t = *r.tensors.front();
   EXPECT_EQ(t.storage_key, "0");
   EXPECT_EQ(t.sizes, (std::vector<int64_t>{2, 3}));
   EXPECT_EQ(t.strides, (std::vector<int64_t>{3, 1}));
@@ -105,6 +105,27 @@ TEST(PickleWalker, OrderedDictBuildNewobjAndOpaqueObjects) {
   EXPECT_EQ(entries[1].second->items[0]->text, "argparse.Namespace");
   EXPECT_EQ(entries[1].second->states.size(), 1u);
   EXPECT_TRUE(entries[2].second->big_int);
+}
+
+// {"sd": {"w": T0, "w": T1, "x": T2}}: Python keeps T1 for "w"; and a tensor built then
+// POPped (T9) must not lend its record to a later one (T2).
+TEST(PickleWalker, LastValueOfARepeatedKeyAndPoppedTensors) {
+  auto tensor = [](const std::string& key) {
+    return "ctorch._utils\n_rebuild_tensor_v2\n((" + bu("storage") + "ctorch\nFloatStorage\n" +
+           bu(key) + bu("cpu") + op({'K', 4}) + "tQ" + op({'K', 0, 'K', 4, 0x85, 'K', 1, 0x85, 0x89}) +
+           "ccollections\nOrderedDict\n)RtR";
+  };
+  const std::string p = op({0x80, 2}) + "}(" + bu("sd") + "}(" + bu("w") + tensor("0") + bu("w") +
+                        tensor("1") + "u" + tensor("9") + "0" + bu("x") + tensor("2") + "su.";
+  UnpickleResult r = unpickle(p, "dup");
+  EXPECT_EQ(r.tensors.size(), 4u);
+  std::vector<DictNode> dicts = tensorDicts(r);
+  ASSERT_EQ(dicts.size(), 1u);
+  ASSERT_EQ(dicts[0].tensors.size(), 2u);
+  EXPECT_EQ(dicts[0].tensors[0].first, "w");
+  EXPECT_EQ(dicts[0].tensors[0].second->storage_key, "1");
+  EXPECT_EQ(dicts[0].tensors[1].first, "x");
+  EXPECT_EQ(dicts[0].tensors[1].second->storage_key, "2");
 }
 
 TEST(PickleWalker, StorageDtypes) {
