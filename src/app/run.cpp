@@ -10,6 +10,8 @@
 #include <ATen/Parallel.h>
 
 #include "common/log.h"
+#include "app/fault_injection.h"
+#include "app/watchdog.h"
 #include "checkpoint/checkpoint.h"
 #include "config/config_loader.h"
 #include "data/dataset.h"
@@ -30,7 +32,9 @@ double secondsSince(std::chrono::steady_clock::time_point t0) {
 
 // Runs `body` on this rank, then agrees with every rank on the outcome. Returns 0 when all
 // succeeded, else the worst exit code; the failing rank (and rank 0) log the reason.
-int agreedPhase(comm::Communicator& comm, const char* phase, const std::function<void()>& body) {
+int agreedPhase(comm::Communicator& comm, Watchdog* watchdog, const char* phase,
+                const std::function<void()>& body) {
+  if (watchdog) watchdog->enter(phase);
   int code = 0;
   std::string message;
   try {
@@ -45,6 +49,7 @@ int agreedPhase(comm::Communicator& comm, const char* phase, const std::function
     code = static_cast<int>(ExitCode::kInternal);
     message = "unexpected error of unknown type";
   }
+  if (watchdog) watchdog->enter(std::string(phase) + ", waiting for the other ranks");
   const comm::AgreedStatus status = comm::agree(comm, code, message);
   if (status.code == 0) return 0;
   // One error line per job, from rank 0; other ranks' different failures as warnings.
@@ -191,13 +196,20 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
   const int threads = st.threads > 0 ? st.threads : defaultThreads(comm.localSize());
   at::set_num_threads(threads);
   logSettings(st, comm, threads);
+  Watchdog watchdog(static_cast<double>(st.timeout_seconds), [&](const std::string& phase,
+                                                                   double idle) {
+    log::error("no progress for ", static_cast<int64_t>(idle), " s during ", phase,
+               " (--timeout ", st.timeout_seconds, "); ending the job");
+    std::_Exit(static_cast<int>(ExitCode::kTimeout));
+  });
 
   // 1. Setup: model (two copies), data, the global batch plan.
   std::unique_ptr<model::AdaptableModel> model;
   std::unique_ptr<data::Dataset> data;
   std::unique_ptr<checkpoint::Checkpoint> ckpt;  // rank 0 only
   data::BatchPlan plan;
-  if (int code = agreedPhase(comm, "setup", [&] {
+  if (int code = agreedPhase(comm, &watchdog, "setup", [&] {
+        maybeInjectFault("setup", rank);
         if (rank == 0) checkOutputPaths(st);
         model = std::make_unique<model::AdaptableModel>(st.model_path);
         if (rank == 0 && !st.checkpoint_path.empty()) {  // checked now, patched at the end
@@ -234,7 +246,7 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
   const std::vector<std::string> lines = fingerprint(st, *data, plan, *model);
   std::string rank0_lines = joinLines(lines);
   comm.broadcast(rank0_lines, 0);
-  if (int code = agreedPhase(comm, "the consistency check",
+  if (int code = agreedPhase(comm, &watchdog, "the consistency check",
                              [&] { checkSameAsRankZero(comm, lines, rank0_lines); })) {
     return static_cast<ExitCode>(code);
   }
@@ -245,7 +257,8 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
   const std::vector<int64_t> mine = plan.batchesOfRank(rank, world);
   const auto t_forward = std::chrono::steady_clock::now();
   report::Progress progress(static_cast<int64_t>(mine.size()), plan.num_batches, rank == 0);
-  int code = agreedPhase(comm, "the forward passes", [&] {
+  int code = agreedPhase(comm, &watchdog, "the forward passes", [&] {
+    maybeInjectFault("forward", rank);
     for (int64_t b : mine) {
       const auto [begin, end] = plan.batchRange(b);
       try {
@@ -255,6 +268,7 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
              "): ", e.what());
       }
       progress.step(end - begin);
+      watchdog.kick();
     }
   });
   progress.finish();
@@ -269,6 +283,8 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
   buffer[stats_size + 3 * rank] = static_cast<double>(mine.size());
   buffer[stats_size + 3 * rank + 1] = static_cast<double>(plan.samplesOfRank(rank, world));
   buffer[stats_size + 3 * rank + 2] = forward_seconds;
+  watchdog.enter("the all-reduce of the statistics");
+  maybeInjectFault("allreduce", rank);
   comm.allreduceSum(buffer);
   report::RunSummary run;
   for (int r = 0; r < world; ++r) {
@@ -289,7 +305,8 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
   run.setup_seconds = setup_seconds;
   run.forward_seconds = forward_seconds;
   run.allreduce_seconds = allreduce_seconds;
-  code = agreedPhase(comm, "writing the outputs", [&] {
+  code = agreedPhase(comm, &watchdog, "writing the outputs", [&] {
+    maybeInjectFault("write", rank);
     if (rank != 0) return;
     io::NamedTensors buffers;
     size_t adapted = 0;
@@ -361,7 +378,7 @@ int main(const std::vector<std::string>& args, comm::Communicator& comm) {
   try {
     config::Settings settings;
     bool help = false;
-    if (int code = agreedPhase(comm, "reading the settings", [&] {
+    if (int code = agreedPhase(comm, nullptr, "reading the settings", [&] {
           try {
             settings = config::parseSettings(args);
           } catch (const config::HelpRequested&) {

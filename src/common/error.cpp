@@ -12,6 +12,7 @@ const char* exitCodeName(ExitCode code) {
     case ExitCode::kCommunication: return "communication";
     case ExitCode::kOutput: return "output";
     case ExitCode::kCheckpoint: return "checkpoint";
+    case ExitCode::kTimeout: return "timeout";
   }
   return "unknown";
 }

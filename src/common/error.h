@@ -22,6 +22,7 @@ enum class ExitCode : int {
   kCommunication = 5,  // MPI/NCCL failure, ranks disagree, another rank failed
   kOutput = 6,         // an output cannot be written, or would overwrite an input
   kCheckpoint = 7,     // checkpoint unreadable, unsupported, or not matching the model
+  kTimeout = 8,        // no progress for --timeout seconds (a hung or stopped rank)
 };
 
 const char* exitCodeName(ExitCode code);

@@ -28,6 +28,7 @@ constexpr uint64_t kMaxSamples = 1000000000000ULL;  // 1e12
 constexpr uint64_t kMaxBatchSize = 1000000;
 constexpr int64_t kDefaultBatchSize = 32;
 constexpr uint64_t kMaxThreads = 65536;
+constexpr uint64_t kMaxTimeout = 10000000;
 constexpr uint64_t kMaxDim = std::numeric_limits<int32_t>::max();
 constexpr uint64_t kMaxSeed = std::numeric_limits<uint64_t>::max();
 constexpr int kMaxDepth = 64;
@@ -43,7 +44,7 @@ const std::vector<std::string>& sectionKeys() {
   static const std::vector<std::string> keys = {
       "model",        "data",       "samples",           "batch_size",     "weighting",
       "output",       "stats_output", "report",          "threads",        "seed",
-      "checkpoint",   "checkpoint_output", "checkpoint_key", "in_place"};
+      "checkpoint",   "checkpoint_output", "checkpoint_key", "in_place",   "timeout"};
   return keys;
 }
 
@@ -244,6 +245,7 @@ struct FileValues {
   std::optional<std::string> model, data, output, stats_output, report;
   std::optional<std::string> checkpoint, checkpoint_output, checkpoint_key;
   std::optional<bool> in_place;
+  std::optional<int64_t> timeout;
   std::optional<int64_t> samples;     // bnadapt_dist.samples
   std::optional<int64_t> batch_size;  // bnadapt_dist.batch_size, else top-level batch_size
   std::optional<Weighting> weighting;
@@ -361,6 +363,9 @@ class ConfigReader {
       } else if (key == "checkpoint_key") {
         if (!v.is_string()) typeError(p, "a string such as \"model\" or \"model:module.\"", v);
         out_.checkpoint_key = v.get<std::string>();
+      } else if (key == "timeout") {
+        out_.timeout = static_cast<int64_t>(
+            readUnsigned(v, p, 0, kMaxTimeout, "a number of seconds from 0 (off) to 10000000"));
       } else if (key == "in_place") {
         if (!v.is_boolean()) typeError(p, "true or false", v);
         out_.in_place = v.get<bool>();
@@ -508,7 +513,8 @@ enum class FlagKind {
   kCheckpoint,
   kCheckpointOutput,
   kCheckpointKey,
-  kInPlace
+  kInPlace,
+  kTimeout
 };
 
 struct FlagSpec {
@@ -532,7 +538,8 @@ const std::vector<FlagSpec>& flagSpecs() {
                                               {"checkpoint", FlagKind::kCheckpoint},
                                               {"checkpoint-output", FlagKind::kCheckpointOutput},
                                               {"checkpoint-key", FlagKind::kCheckpointKey},
-                                              {"in-place", FlagKind::kInPlace, false}};
+                                              {"in-place", FlagKind::kInPlace, false},
+                                              {"timeout", FlagKind::kTimeout}};
   return specs;
 }
 
@@ -563,6 +570,7 @@ struct FlagValues {
   std::optional<std::string> config, model, data, output, stats_output, report;
   std::optional<std::string> checkpoint, checkpoint_output, checkpoint_key;
   std::optional<bool> in_place;
+  std::optional<int64_t> timeout;
   std::optional<int64_t> samples, batch_size;
   std::optional<Weighting> weighting;
   std::optional<int> threads;
@@ -603,6 +611,10 @@ void storeFlag(FlagValues& out, const FlagSpec& spec, const std::string& flag,
     case FlagKind::kCheckpointOutput: set(out.checkpoint_output, value); break;
     case FlagKind::kCheckpointKey: set(out.checkpoint_key, value); break;
     case FlagKind::kInPlace: set(out.in_place, true); break;
+    case FlagKind::kTimeout:
+      set(out.timeout, static_cast<int64_t>(flagUnsigned(
+                           flag, value, 0, kMaxTimeout, "a number of seconds from 0 (off) to 10000000")));
+      break;
     case FlagKind::kSamples:
       set(out.samples,
           static_cast<int64_t>(flagUnsigned(flag, value, 1, kMaxSamples,
@@ -771,11 +783,14 @@ Options (each also as --name=VALUE; options override the config file):
   --checkpoint-key K   which state_dict in the checkpoint: "model" or "model:module."
                        (dict path, then key prefix)                (bnadapt_dist.checkpoint_key)
   --in-place           allow --checkpoint-output to equal --checkpoint (still atomic)
+  --timeout SECONDS    end the job (exit 8) when a rank makes no progress for this long,
+                       default 900, 0 = never                      (bnadapt_dist.timeout)
   -h, --help           print this help and exit
 
 The sample shape comes from the config's input_info.sample_size (batch dimension first).
 Relative paths in the config file are relative to the config file's directory.
-Exit codes: 0 ok, 1 internal, 2 usage, 3 data, 4 model, 5 communication, 6 output.
+Exit codes: 0 ok, 1 internal, 2 usage, 3 data, 4 model, 5 communication, 6 output,
+7 checkpoint, 8 timeout.
 )";
 }
 
@@ -814,6 +829,7 @@ Settings parseSettings(const std::vector<std::string>& args) {
   s.checkpoint_output_path = pick(flags.checkpoint_output, file.checkpoint_output, std::string());
   s.checkpoint_key = pick(flags.checkpoint_key, file.checkpoint_key, std::string());
   s.in_place = pick(flags.in_place, file.in_place, false);
+  s.timeout_seconds = pick(flags.timeout, file.timeout, int64_t{900});
   BNA_CHECK(s.checkpoint_path.empty() == s.checkpoint_output_path.empty(), ExitCode::kUsage,
             s.checkpoint_path.empty()
                 ? "--checkpoint-output needs --checkpoint IN (the checkpoint to patch)"

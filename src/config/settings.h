@@ -32,6 +32,9 @@ struct Settings {
   std::string report_path;        // --report: JSON report
 
   int threads = 0;  // --threads; 0 = cores / local ranks
+  // --timeout: seconds without progress (a finished batch, a new phase) before every rank
+  // ends the job with exit code 8; 0 disables.
+  int64_t timeout_seconds = 900;
 
   // A training checkpoint to patch (empty: none), where the patched copy goes, which
   // state_dict inside it ("path:prefix" or "path"), and whether OUT may equal IN.

@@ -4,8 +4,9 @@
   expect.py --code N [--stderr REGEX] [--max-error-lines K] [--absent PATH]...
             [--unchanged PATH]... [--within SECONDS] -- CMD...
 
-Checks: the exit status is N; stderr matches REGEX; the tool printed between 1 and K
-"error:" lines (default 1: one clear line, however many ranks); every --absent PATH does not
+Checks: the exit status is N (--code nonzero: any failure, for ranks killed by a signal);
+stderr matches REGEX; the tool printed between --min-error-lines (default 1) and K "error:"
+lines (default K = 1: one clear line, however many ranks); every --absent PATH does not
 exist afterwards (it is removed before the run); every --unchanged PATH has the same SHA-256
 before and after; the run took at most SECONDS.
 """
@@ -25,7 +26,8 @@ def sha256(path):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--code", type=int, required=True)
+    ap.add_argument("--code", required=True, help="exit status, or 'nonzero'")
+    ap.add_argument("--min-error-lines", type=int, default=1)
     ap.add_argument("--stderr", default=None)
     ap.add_argument("--max-error-lines", type=int, default=1)
     ap.add_argument("--absent", action="append", default=[])
@@ -42,13 +44,17 @@ def main():
     proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
     elapsed = time.time() - t0
     problems = []
-    if proc.returncode != a.code:
+    if a.code == "nonzero":
+        if proc.returncode == 0:
+            problems.append("exit status 0, expected a failure")
+    elif proc.returncode != int(a.code):
         problems.append(f"exit status {proc.returncode}, expected {a.code}")
     if a.stderr and not re.search(a.stderr, proc.stderr):
         problems.append(f"stderr does not match /{a.stderr}/")
     errors = [l for l in proc.stderr.splitlines() if re.search(r"\] error: ", l)]
-    if not 1 <= len(errors) <= a.max_error_lines:
-        problems.append(f"{len(errors)} error line(s), expected 1..{a.max_error_lines}")
+    if not a.min_error_lines <= len(errors) <= a.max_error_lines:
+        problems.append(f"{len(errors)} error line(s), expected "
+                        f"{a.min_error_lines}..{a.max_error_lines}")
     for p in a.absent:
         if os.path.lexists(p):
             problems.append(f"{p} was written")

@@ -155,3 +155,4 @@ bna_expect_failure(output_is_input_via_symlink 2 6 "is the same file as the inpu
                    ${BNA_GOOD} --stats-output ${BNA_BAD}/link_to_data.pt)
 
 include(${CMAKE_CURRENT_LIST_DIR}/checkpoint_tests.cmake)
+include(${CMAKE_CURRENT_LIST_DIR}/reliability_tests.cmake)
