@@ -32,14 +32,27 @@ void fsyncPath(const std::string& path, bool directory) {
 
 }  // namespace
 
-std::vector<char> readFile(const std::string& path, const std::string& what, ExitCode code) {
+namespace {
+
+// Opens a regular file for reading; errors name `what` and the path. Returns its size.
+std::ifstream openRegular(const std::string& path, const std::string& what, ExitCode code,
+                          uint64_t& size) {
   struct stat st {};
   BNA_CHECK(::stat(path.c_str(), &st) == 0, code, what, " '", path,
             "' cannot be read: ", std::strerror(errno));
   BNA_CHECK(S_ISREG(st.st_mode), code, what, " '", path, "' is not a regular file");
   std::ifstream in(path, std::ios::binary);
   BNA_CHECK(in.good(), code, what, " '", path, "' cannot be opened: ", std::strerror(errno));
-  std::vector<char> bytes(static_cast<size_t>(st.st_size));
+  size = static_cast<uint64_t>(st.st_size);
+  return in;
+}
+
+}  // namespace
+
+std::vector<char> readFile(const std::string& path, const std::string& what, ExitCode code) {
+  uint64_t size = 0;
+  std::ifstream in = openRegular(path, what, code, size);
+  std::vector<char> bytes(static_cast<size_t>(size));
   in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   BNA_CHECK(in.gcount() == static_cast<std::streamsize>(bytes.size()), code, what, " '", path,
             "': short read (", in.gcount(), " of ", bytes.size(), " bytes)");
@@ -47,12 +60,8 @@ std::vector<char> readFile(const std::string& path, const std::string& what, Exi
 }
 
 std::string readHead(const std::string& path, size_t n, const std::string& what, ExitCode code) {
-  struct stat st {};
-  BNA_CHECK(::stat(path.c_str(), &st) == 0, code, what, " '", path,
-            "' cannot be read: ", std::strerror(errno));
-  BNA_CHECK(S_ISREG(st.st_mode), code, what, " '", path, "' is not a regular file");
-  std::ifstream in(path, std::ios::binary);
-  BNA_CHECK(in.good(), code, what, " '", path, "' cannot be opened: ", std::strerror(errno));
+  uint64_t size = 0;
+  std::ifstream in = openRegular(path, what, code, size);
   std::string head(n, '\0');
   in.read(head.data(), static_cast<std::streamsize>(n));
   head.resize(static_cast<size_t>(in.gcount()));
