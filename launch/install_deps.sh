@@ -8,8 +8,11 @@ packages=(
   libtorch-dev                 # LibTorch 1.13 (CPU)
   libopenmpi-dev openmpi-bin   # MPI
   nlohmann-json3-dev           # config parsing, report
+  libopencv-dev zlib1g-dev     # image folders (OpenCV 4.6), gzipped IDX files
+  dataset-fashion-mnist        # the demo's data (/usr/share/datasets/fashion-mnist)
   libgtest-dev                 # unit tests
   python3-torch python3-torchvision  # test fixtures and float64 reference (/usr/bin/python3)
+  slurm-wlm munge              # tests/slurm: a private one-node SLURM cluster (srun --mpi=pmix)
 )
 
 missing=()

@@ -1,6 +1,7 @@
 #include "app/run.h"
 
 #include <sched.h>
+#include <sys/resource.h>
 
 #include <chrono>
 #include <cmath>
@@ -13,8 +14,10 @@
 #include "app/fault_injection.h"
 #include "app/watchdog.h"
 #include "checkpoint/checkpoint.h"
+#include "comm/launch_check.h"
 #include "config/config_loader.h"
 #include "data/dataset.h"
+#include "data/loader.h"
 #include "data/sharding.h"
 #include "io/files.h"
 #include "io/sha256.h"
@@ -90,18 +93,101 @@ void checkSameAsRankZero(const comm::Communicator& comm, const std::vector<std::
        " (same model, data and config on every rank?)");
 }
 
+std::string describeForCheck(const char* what, const data::Dataset& data) {
+  return std::string(what) + " samples=" + std::to_string(data.size()) +
+         " shape=" + data::shapeString(data.sampleShape()) +
+         " dtype=" + c10::toString(data.dtype()) + " labels=" + (data.hasLabels() ? "yes" : "no") +
+         " hash=" + std::to_string(data.contentHash());
+}
+
+std::string floats(const std::vector<float>& v) {
+  std::string s;
+  for (float x : v) s += (s.empty() ? "" : ",") + std::to_string(x);
+  return s.empty() ? "default" : s;
+}
+
+// What every rank must agree on before data moves; one item per line.
 std::vector<std::string> fingerprint(const config::Settings& st, const data::Dataset& data,
-                                     const data::BatchPlan& plan,
+                                     const data::BatchPlan& plan, const data::Dataset* eval,
+                                     const data::BatchPlan& eval_plan,
                                      const model::AdaptableModel& model) {
   std::vector<std::string> lines = {
       std::string("weighting=") + config::weightingName(st.weighting) +
-          " seed=" + std::to_string(st.seed),
+          " seed=" + std::to_string(st.seed) + " shuffle=" + (st.shuffle ? "yes" : "no"),
       "samples requested=" + std::to_string(plan.requested) + " used=" +
           std::to_string(plan.used) + " batch_size=" + std::to_string(plan.batch_size),
-      "data samples=" + std::to_string(data.size()) + " shape=" +
-          data::shapeString(data.sampleShape()) + " hash=" + std::to_string(data.contentHash())};
+      "preprocessing mean=" + floats(st.mean) + " std=" + floats(st.std) +
+          " resize=" + std::to_string(st.resize_shorter),
+      "skip_corrupt=" + std::string(st.skip_corrupt ? "yes" : "no") +
+          " max_skip_fraction=" + std::to_string(st.max_skip_fraction),
+      describeForCheck("data", data)};
+  if (eval) {
+    lines.push_back(describeForCheck("eval data", *eval) +
+                    " evaluated=" + std::to_string(eval_plan.used));
+  }
   for (auto& l : model.describeLayers()) lines.push_back(std::move(l));
   return lines;
+}
+
+data::DataOptions dataOptions(const config::Settings& st, const std::string& format,
+                              int64_t synthetic_size) {
+  data::DataOptions o;
+  o.format = data::parseDataFormat(format).value_or(data::DataFormat::kAuto);
+  o.sample_shape = st.sample_shape;
+  o.synthetic_size = synthetic_size;
+  o.seed = st.seed;
+  o.mean = st.mean;
+  o.std = st.std;
+  o.resize_shorter = st.resize_shorter;
+  return o;
+}
+
+double peakRssMiB() {
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;  // Linux: KiB
+}
+
+// Top-1 accuracy of the model as it is now (eval mode) over `plan`'s batches, spread over
+// the ranks like the calibration batches. `samples` and `correct` are totals over all ranks.
+int evaluate(comm::Communicator& comm, Watchdog& watchdog, model::AdaptableModel& model,
+             const data::Dataset& data, const data::BatchPlan& plan,
+             const data::LoaderOptions& loading, const char* when, int64_t& samples,
+             int64_t& correct) {
+  const std::vector<int64_t> mine = plan.batchesOfRank(comm.rank(), comm.size());
+  std::vector<double> counts(2, 0.0);  // correct, evaluated: exact in a double below 2^53
+  const std::string phase = std::string("evaluating the model ") + when + " adaptation";
+  if (int code = agreedPhase(comm, &watchdog, phase.c_str(), [&] {
+        data::Loader loader(data, data::batchSamples(plan, data::sampleOrder(plan.used, false, 0),
+                                                     mine),
+                            mine, loading);
+        data::Batch batch;
+        for (int64_t b : mine) {
+          try {
+            loader.next(batch);
+            for (const auto& why : batch.skipped) log::warn("skipped (evaluation): ", why);
+            if (batch.inputs.size(0) == 0) continue;
+            const at::Tensor logits = model.predict(batch.inputs.to(model.inputDtype()));
+            const int64_t top = batch.labels.max().item<int64_t>();
+            BNA_CHECK(top < logits.size(1), ExitCode::kData, "label ", top,
+                      " but the model outputs ", logits.size(1), " classes");
+            counts[0] += static_cast<double>(logits.argmax(1).eq(batch.labels).sum().item<int64_t>());
+            counts[1] += static_cast<double>(batch.inputs.size(0));
+          } catch (const Error& e) {
+            fail(e.code(), "rank ", comm.rank(), ", evaluation batch ", b, ": ", e.what());
+          }
+          watchdog.kick();
+        }
+      })) {
+    return code;
+  }
+  watchdog.enter(phase + ": the all-reduce of the counts");
+  comm.allreduceSum(counts);
+  correct = static_cast<int64_t>(counts[0]);
+  samples = static_cast<int64_t>(counts[1]);
+  log::info0("top-1 ", when, " adaptation: ", 100.0 * counts[0] / std::max(1.0, counts[1]),
+             "% of ", samples, " samples");
+  return 0;
 }
 
 // Outputs must be writable and differ from each other and from the inputs (also via links).
@@ -154,9 +240,11 @@ std::vector<checkpoint::ExpectedBuffer> expectedBuffers(const model::AdaptableMo
   return out;
 }
 
-void logSettings(const config::Settings& st, const comm::Communicator& comm, int threads) {
+void logSettings(const config::Settings& st, const comm::Communicator& comm, int threads,
+                 int data_threads) {
   log::info0("bnadapt_dist ", BNADAPT_VERSION, ": ", comm.size(), " rank(s), ", threads,
-             " intra-op thread(s) per rank, device cpu, backend mpi");
+             " intra-op and ", data_threads,
+             " data thread(s) per rank, device cpu, backend mpi");
   if (!st.config_path.empty()) log::info0("config: ", st.config_path);
   log::info0("model: ", st.model_path);
   log::info0("data: ", st.data_path);
@@ -194,20 +282,28 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
   const int rank = comm.rank();
   const int world = comm.size();
   const int threads = st.threads > 0 ? st.threads : defaultThreads(comm.localSize());
+  const int data_threads = st.data_threads > 0 ? st.data_threads : std::max(1, threads / 2);
   at::set_num_threads(threads);
-  logSettings(st, comm, threads);
+  logSettings(st, comm, threads, data_threads);
   Watchdog watchdog(static_cast<double>(st.timeout_seconds), [&](const std::string& phase,
                                                                    double idle) {
     log::error("no progress for ", static_cast<int64_t>(idle), " s during ", phase,
                " (--timeout ", st.timeout_seconds, "); ending the job");
     std::_Exit(static_cast<int>(ExitCode::kTimeout));
   });
+  data::LoaderOptions loading;
+  loading.threads = data_threads;
+  loading.prefetch_batches = st.prefetch_batches;
+  loading.skip_corrupt = st.skip_corrupt;
 
-  // 1. Setup: model (two copies), data, the global batch plan.
+  // 1. Setup: model (two copies), data, the global batch plan, the evaluation data.
   std::unique_ptr<model::AdaptableModel> model;
   std::unique_ptr<data::Dataset> data;
+  std::unique_ptr<data::Dataset> eval_data;
   std::unique_ptr<checkpoint::Checkpoint> ckpt;  // rank 0 only
   data::BatchPlan plan;
+  data::BatchPlan eval_plan;
+  std::vector<int64_t> order;
   if (int code = agreedPhase(comm, &watchdog, "setup", [&] {
         maybeInjectFault("setup", rank);
         if (rank == 0) checkOutputPaths(st);
@@ -216,13 +312,26 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
           ckpt = checkpoint::openCheckpoint(st.checkpoint_path);
           ckpt->plan(expectedBuffers(*model), st.checkpoint_key);
         }
-        data = data::openDataset(st.data_path, st.sample_shape,
-                                 data::roundBudget(st.samples, st.batch_size), st.seed);
+        data = data::openDataset(st.data_path,
+                                 dataOptions(st, st.data_format,
+                                             data::roundBudget(st.samples, st.batch_size)));
         plan = data::planBatches(st.samples, st.batch_size, data->size());
+        order = data::sampleOrder(data->size(), st.shuffle, st.seed);
+        if (st.eval) {
+          eval_data = data::openDataset(st.eval_data_path, dataOptions(st, "auto", 0));
+          BNA_CHECK(eval_data->hasLabels(), ExitCode::kData, "--eval-data '",
+                    st.eval_data_path, "' has no labels (", eval_data->describe(),
+                    "); use class folders, IDX images with their labels file, or a tensor "
+                    "file with \"labels\"");
+          const int64_t n = st.eval_samples > 0 ? std::min(st.eval_samples, eval_data->size())
+                                                : eval_data->size();
+          eval_plan = data::planAll(n, st.batch_size);
+        }
       })) {
     return static_cast<ExitCode>(code);
   }
   log::info0("data: ", data->describe());
+  if (eval_data) log::info0("eval data: ", eval_data->describe());
   if (ckpt) log::info0("checkpoint: ", ckpt->describe());
   log::info0(model->layers().size(), " BN layer(s) to adapt, ", model->skipped().size(),
              " left alone; ", plan.num_batches, " global batch(es) of ", plan.batch_size,
@@ -243,7 +352,8 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
 
   // 2. Agree that every rank has the same model, data and settings. The broadcast stays
   //    outside the phase body: a collective must never be skipped by an exception.
-  const std::vector<std::string> lines = fingerprint(st, *data, plan, *model);
+  const std::vector<std::string> lines =
+      fingerprint(st, *data, plan, eval_data.get(), eval_plan, *model);
   std::string rank0_lines = joinLines(lines);
   comm.broadcast(rank0_lines, 0);
   if (int code = agreedPhase(comm, &watchdog, "the consistency check",
@@ -252,63 +362,98 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
   }
   const double setup_seconds = secondsSince(t_start);
 
+  report::RunSummary run;
+  run.evaluated = st.eval;
+  if (st.eval) {
+    run.eval.data_description = eval_data->describe();
+    if (int code = evaluate(comm, watchdog, *model, *eval_data, eval_plan, loading, "before",
+                            run.eval.samples, run.eval.correct_before)) {
+      return static_cast<ExitCode>(code);
+    }
+  }
+
   // 3. Forward this rank's batches: global batch b runs on rank b mod world.
   stats::StatsAccumulator acc = model->makeAccumulator();
   const std::vector<int64_t> mine = plan.batchesOfRank(rank, world);
+  report::RankInfo me;  // me.batches: batches forwarded (a batch can lose every sample)
   const auto t_forward = std::chrono::steady_clock::now();
   report::Progress progress(static_cast<int64_t>(mine.size()), plan.num_batches, rank == 0);
   int code = agreedPhase(comm, &watchdog, "the forward passes", [&] {
     maybeInjectFault("forward", rank);
+    data::Loader loader(*data, data::batchSamples(plan, order, mine), mine, loading);
+    data::Batch batch;
     for (int64_t b : mine) {
-      const auto [begin, end] = plan.batchRange(b);
       try {
-        model->calibrate(data->batch(begin, end).to(model->inputDtype()), acc);
+        loader.next(batch);
+        for (const auto& why : batch.skipped) log::warn("skipped: ", why);
+        me.skipped += static_cast<int64_t>(batch.skipped.size());
+        me.samples += batch.inputs.size(0);
+        if (batch.inputs.size(0) > 0) {
+          model->calibrate(batch.inputs.to(model->inputDtype()), acc);
+          ++me.batches;
+        }
       } catch (const Error& e) {
-        fail(e.code(), "rank ", rank, ", global batch ", b, " (samples ", begin, "..", end - 1,
-             "): ", e.what());
+        fail(e.code(), "rank ", rank, ", global batch ", b, ": ", e.what());
       }
-      progress.step(end - begin);
+      progress.step(batch.requested);
       watchdog.kick();
     }
+    me.loader_wait_seconds = loader.waitSeconds();
   });
   progress.finish();
   if (code) return static_cast<ExitCode>(code);
   const double forward_seconds = secondsSince(t_forward);
+  me.forward_seconds = forward_seconds;
+  me.peak_rss_mib = peakRssMiB();
 
-  // 4. One all-reduce: the statistics plus, per rank, (batches, samples, seconds).
+  // 4. One all-reduce: the statistics plus, per rank, what it did (report::RankInfo).
   const auto t_reduce = std::chrono::steady_clock::now();
   std::vector<double>& buffer = acc.buffer();
   const size_t stats_size = buffer.size();
-  buffer.resize(stats_size + 3 * static_cast<size_t>(world), 0.0);
-  buffer[stats_size + 3 * rank] = static_cast<double>(mine.size());
-  buffer[stats_size + 3 * rank + 1] = static_cast<double>(plan.samplesOfRank(rank, world));
-  buffer[stats_size + 3 * rank + 2] = forward_seconds;
+  constexpr size_t kSlot = 6;
+  buffer.resize(stats_size + kSlot * static_cast<size_t>(world), 0.0);
+  double* slot = buffer.data() + stats_size + kSlot * static_cast<size_t>(rank);
+  slot[0] = static_cast<double>(me.batches);
+  slot[1] = static_cast<double>(me.samples);
+  slot[2] = static_cast<double>(me.skipped);
+  slot[3] = me.forward_seconds;
+  slot[4] = me.loader_wait_seconds;
+  slot[5] = me.peak_rss_mib;
   watchdog.enter("the all-reduce of the statistics");
   maybeInjectFault("allreduce", rank);
   comm.allreduceSum(buffer);
-  report::RunSummary run;
   for (int r = 0; r < world; ++r) {
-    const double* slot = buffer.data() + stats_size + 3 * r;
-    run.ranks.push_back({static_cast<int64_t>(slot[0]), static_cast<int64_t>(slot[1]), slot[2]});
+    const double* s = buffer.data() + stats_size + kSlot * static_cast<size_t>(r);
+    run.ranks.push_back({static_cast<int64_t>(s[0]), static_cast<int64_t>(s[1]),
+                         static_cast<int64_t>(s[2]), s[3], s[4], s[5]});
+    run.skipped_samples += static_cast<int64_t>(s[2]);
+    run.forwarded_batches += static_cast<int64_t>(s[0]);
   }
   buffer.resize(stats_size);
   const double allreduce_seconds = secondsSince(t_reduce);
 
-  // 5. Rank 0 finalises and writes every output, or none.
+  // 5. Every rank finalises the same statistics (rank 0 writes them; all evaluate them).
   run.settings = &st;
   run.data_description = data->describe();
   run.world_size = world;
   run.threads_per_rank = threads;
+  run.data_threads_per_rank = data_threads;
   run.plan = plan;
   run.layers = &model->layers();
   run.skipped = &model->skipped();
   run.setup_seconds = setup_seconds;
   run.forward_seconds = forward_seconds;
   run.allreduce_seconds = allreduce_seconds;
-  code = agreedPhase(comm, &watchdog, "writing the outputs", [&] {
-    maybeInjectFault("write", rank);
-    if (rank != 0) return;
-    io::NamedTensors buffers;
+  io::NamedTensors buffers;
+  code = agreedPhase(comm, &watchdog, "finalising the statistics", [&] {
+    const double fraction =
+        static_cast<double>(run.skipped_samples) / static_cast<double>(plan.used);
+    BNA_CHECK(fraction <= st.max_skip_fraction, ExitCode::kData, run.skipped_samples, " of ",
+              plan.used, " samples (", 100.0 * fraction,
+              "%) were unreadable and skipped, above --max-skip-fraction ",
+              st.max_skip_fraction, "; each rank logged the files it skipped");
+    BNA_CHECK(run.skipped_samples < plan.used, ExitCode::kData,
+              "every sample was unreadable and skipped; nothing to adapt from");
     size_t adapted = 0;
     for (size_t i = 0; i < model->layers().size(); ++i) {
       const model::BnLayer& layer = model->layers()[i];
@@ -319,10 +464,10 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
                   s.mean[c], ", var ", s.var[c], "); nothing written");
       }
       if (s.mean.empty()) {
-        log::warn("layer '", layer.name, "' never ran in the forward passes: left unchanged");
+        log::warn0("layer '", layer.name, "' never ran in the forward passes: left unchanged");
       } else {
         ++adapted;
-        model->setStatistics(i, s.mean, s.var, plan.num_batches);
+        model->setStatistics(i, s.mean, s.var, run.forwarded_batches);
         for (auto& named : model->buffers(i)) buffers.push_back(std::move(named));
       }
       run.results.push_back(std::move(s));
@@ -335,6 +480,20 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
                               : "; aten::batch_norm is called directly in" + inlined +
                                     " (an inlined or frozen graph: save the model without "
                                     "inlining)");
+  });
+  if (code) return static_cast<ExitCode>(code);
+  if (st.eval) {
+    int64_t samples = 0;
+    if (int c = evaluate(comm, watchdog, *model, *eval_data, eval_plan, loading, "after",
+                         samples, run.eval.correct_after)) {
+      return static_cast<ExitCode>(c);
+    }
+  }
+
+  // 6. Rank 0 writes every output, or none.
+  code = agreedPhase(comm, &watchdog, "writing the outputs", [&] {
+    maybeInjectFault("write", rank);
+    if (rank != 0) return;
     run.total_seconds = secondsSince(t_start);
     std::vector<io::StagedFile> staged;
     if (!st.stats_output_path.empty()) {
@@ -350,7 +509,7 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
       const std::string out = st.in_place ? io::resolveLinks(st.checkpoint_output_path)
                                           : st.checkpoint_output_path;
       staged.emplace_back(
-          out, [&](const std::string& tmp) { ckpt->write(tmp, buffers, plan.num_batches); },
+          out, [&](const std::string& tmp) { ckpt->write(tmp, buffers, run.forwarded_batches); },
           io::fileMode(st.checkpoint_path));
       run.checkpoint_sha256 = io::sha256FileHex(staged.back().tmpPath());
       sidecar = out + ".sha256";
@@ -375,6 +534,13 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
 
 int main(const std::vector<std::string>& args, comm::Communicator& comm) {
   log::setIdentity(comm.hostname(), comm.rank(), comm.size());
+  // Processes the launcher did not wire into one job (srun without --mpi=pmix: N
+  // singletons) stop before any work; every rank reaches the same verdict on its own.
+  if (const std::string launch = comm::checkLaunch(comm::processEnv, comm.size());
+      !launch.empty()) {
+    if (comm.rank() == 0) log::error(launch);
+    return static_cast<int>(ExitCode::kCommunication);
+  }
   try {
     config::Settings settings;
     bool help = false;

@@ -1,17 +1,22 @@
 #include "config/config_loader.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
+#include <cmath>
+#include <cstdlib>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <map>
 #include <optional>
 #include <system_error>
 #include <unordered_set>
 #include <utility>
+#include <variant>
 
 #include <nlohmann/json.hpp>
 
@@ -38,15 +43,6 @@ constexpr std::size_t kMaxShown = 60;  // longest found value quoted in a messag
 const char* const kSection = "bnadapt_dist";
 const char* const kBnAdaptationPath = "initializer.batchnorm_adaptation";
 const char* const kNncfSamplesKey = "num_bn_adaptation_samples";
-
-// Keys of the "bnadapt_dist" section, in usage() order.
-const std::vector<std::string>& sectionKeys() {
-  static const std::vector<std::string> keys = {
-      "model",        "data",       "samples",           "batch_size",     "weighting",
-      "output",       "stats_output", "report",          "threads",        "seed",
-      "checkpoint",   "checkpoint_output", "checkpoint_key", "in_place",   "timeout"};
-  return keys;
-}
 
 // Keys of compression[*].initializer.batchnorm_adaptation. num_bn_forget_samples (NNCF 2.0)
 // is accepted and recorded as ignored.
@@ -238,19 +234,100 @@ Json parseConfigText(const std::string& text, const std::string& file) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Typed access to the parsed document.
+// The options: one table for the command line and the config's "bnadapt_dist" section.
+
+// A parsed option value; which alternative depends on the option's type.
+using Value = std::variant<bool, uint64_t, double, std::string, std::vector<float>>;
+using Values = std::map<std::string, Value>;  // option key -> value
+
+enum class Type {
+  kPath,       // non-empty string; relative paths in the file resolve against its folder
+  kText,       // any string
+  kUnsigned,   // integer in [min, max]
+  kBool,       // a flag without value; true/false in the file
+  kChoice,     // one of `choices`
+  kFraction,   // a number in [0, 1]
+  kFloatList,  // numbers: "a,b,c" on the command line, a number or an array in the file
+};
+
+struct Option {
+  const char* flag;  // command line name without "--"
+  const char* key;   // key in the "bnadapt_dist" section
+  Type type;
+  uint64_t min = 0;
+  uint64_t max = 0;
+  const char* expected = "";  // kUnsigned, kText: what a valid value is
+  std::vector<std::string> choices = {};
+};
+
+const std::string kPositiveSamples = "a positive integer at most 1000000000000";
+const std::string kPositiveBatch = "a positive integer at most 1000000";
+
+// In usage() order. "config" is a flag only.
+const std::vector<Option>& options() {
+  static const std::vector<Option> table = {
+      {"config", "", Type::kPath},
+      {"model", "model", Type::kPath},
+      {"data", "data", Type::kPath},
+      {"data-format", "data_format", Type::kChoice, 0, 0, "",
+       {"auto", "tensor", "imagefolder", "idx", "synthetic"}},
+      {"samples", "samples", Type::kUnsigned, 1, kMaxSamples, kPositiveSamples.c_str()},
+      {"batch-size", "batch_size", Type::kUnsigned, 1, kMaxBatchSize, kPositiveBatch.c_str()},
+      {"weighting", "weighting", Type::kChoice, 0, 0, "", {"samples", "batches"}},
+      {"shuffle", "shuffle", Type::kBool},
+      {"seed", "seed", Type::kUnsigned, 0, kMaxSeed, "a non-negative integer below 2^64"},
+      {"mean", "mean", Type::kFloatList},
+      {"std", "std", Type::kFloatList},
+      {"resize", "resize", Type::kUnsigned, 1, kMaxDim, "a positive integer (pixels)"},
+      {"data-threads", "data_threads", Type::kUnsigned, 0, kMaxThreads,
+       "a non-negative integer at most 65536"},
+      {"prefetch-batches", "prefetch_batches", Type::kUnsigned, 1, 1024,
+       "a positive integer at most 1024"},
+      {"skip-corrupt", "skip_corrupt", Type::kBool},
+      {"max-skip-fraction", "max_skip_fraction", Type::kFraction},
+      {"eval", "eval", Type::kBool},
+      {"eval-data", "eval_data", Type::kPath},
+      {"eval-samples", "eval_samples", Type::kUnsigned, 1, kMaxSamples,
+       kPositiveSamples.c_str()},
+      {"output", "output", Type::kPath},
+      {"stats-output", "stats_output", Type::kPath},
+      {"report", "report", Type::kPath},
+      {"checkpoint", "checkpoint", Type::kPath},
+      {"checkpoint-output", "checkpoint_output", Type::kPath},
+      {"checkpoint-key", "checkpoint_key", Type::kText, 0, 0,
+       "a string such as \"model\" or \"model:module.\""},
+      {"in-place", "in_place", Type::kBool},
+      {"threads", "threads", Type::kUnsigned, 0, kMaxThreads,
+       "a non-negative integer at most 65536"},
+      {"timeout", "timeout", Type::kUnsigned, 0, kMaxTimeout,
+       "a number of seconds from 0 (off) to 10000000"},
+  };
+  return table;
+}
+
+// Keys of the "bnadapt_dist" section, in usage() order.
+std::vector<std::string> sectionKeys() {
+  std::vector<std::string> keys;
+  for (const Option& o : options()) {
+    if (*o.key) keys.emplace_back(o.key);
+  }
+  return keys;
+}
+
+// "'samples' or 'batches'", "'a', 'b' or 'c'".
+std::string choiceList(const Option& o, const std::string& quote) {
+  std::string out;
+  for (std::size_t i = 0; i < o.choices.size(); ++i) {
+    if (i > 0) out += i + 1 == o.choices.size() ? " or " : ", ";
+    out += quote + o.choices[i] + quote;
+  }
+  return out;
+}
 
 // Values read from the config file; absent ones stay empty.
 struct FileValues {
-  std::optional<std::string> model, data, output, stats_output, report;
-  std::optional<std::string> checkpoint, checkpoint_output, checkpoint_key;
-  std::optional<bool> in_place;
-  std::optional<int64_t> timeout;
-  std::optional<int64_t> samples;     // bnadapt_dist.samples
-  std::optional<int64_t> batch_size;  // bnadapt_dist.batch_size, else top-level batch_size
-  std::optional<Weighting> weighting;
-  std::optional<int> threads;
-  std::optional<uint64_t> seed;
+  Values section;  // the "bnadapt_dist" section, by option key
+  std::optional<int64_t> batch_size;  // top-level batch_size (NNCF)
   // compression[*].initializer.batchnorm_adaptation.num_bn_adaptation_samples: (path, value).
   std::vector<std::pair<std::string, int64_t>> nncf_samples;
   std::vector<int64_t> sample_shape;
@@ -271,14 +348,13 @@ class ConfigReader {
       } else if (key == "compression") {
         readCompression(value, key);
       } else if (key == "batch_size") {
-        top_batch_size_ = static_cast<int64_t>(
-            readUnsigned(value, key, 1, kMaxBatchSize, "a positive integer at most 1000000"));
+        out_.batch_size =
+            static_cast<int64_t>(readUnsigned(value, key, 1, kMaxBatchSize, kPositiveBatch));
       } else {
         checkNotNearMiss(key, usedTopLevelKeys(), key);
         out_.ignored_keys.push_back(key);
       }
     }
-    if (!out_.batch_size) out_.batch_size = top_batch_size_;
     return std::move(out_);
   }
 
@@ -328,72 +404,65 @@ class ConfigReader {
     return value;
   }
 
-  std::string readPath(const Json& v, const std::string& path) const {
-    if (!v.is_string() || v.get<std::string>().empty()) typeError(path, "a path string", v);
-    return v.get<std::string>();
-  }
-
   // Relative paths in the file are relative to the file's directory.
   std::string resolve(const std::string& p) const {
     const fs::path path(p);
     const fs::path dir = fs::path(file_).parent_path();
-    if (path.is_absolute() || dir.empty()) return p;
+    if (path.is_absolute() || dir.empty() || p == "synthetic") return p;
     return (dir / path).lexically_normal().string();
+  }
+
+  Value readValue(const Option& o, const Json& v, const std::string& p) const {
+    switch (o.type) {
+      case Type::kPath:
+        if (!v.is_string() || v.get<std::string>().empty()) typeError(p, "a path string", v);
+        return resolve(v.get<std::string>());
+      case Type::kText:
+        if (!v.is_string()) typeError(p, o.expected, v);
+        return v.get<std::string>();
+      case Type::kUnsigned:
+        return readUnsigned(v, p, o.min, o.max, o.expected);
+      case Type::kBool:
+        if (!v.is_boolean()) typeError(p, "true or false", v);
+        return v.get<bool>();
+      case Type::kChoice:
+        if (!v.is_string() ||
+            std::find(o.choices.begin(), o.choices.end(), v.get<std::string>()) ==
+                o.choices.end()) {
+          typeError(p, choiceList(o, "\""), v);
+        }
+        return v.get<std::string>();
+      case Type::kFraction:
+        if (!v.is_number() || !(v.get<double>() >= 0.0 && v.get<double>() <= 1.0)) {
+          typeError(p, "a number from 0 to 1", v);
+        }
+        return v.get<double>();
+      case Type::kFloatList: {
+        const std::string expected = "a finite number or a non-empty array of them";
+        std::vector<float> list;
+        const Json items = v.is_array() ? v : Json::array({v});
+        if (items.empty()) typeError(p, expected, v);
+        for (std::size_t i = 0; i < items.size(); ++i) {
+          if (!items[i].is_number() || !std::isfinite(items[i].get<double>()) ||
+              std::abs(items[i].get<double>()) > 1e30) {
+            typeError(v.is_array() ? element(p, i) : p, expected, items[i]);
+          }
+          list.push_back(items[i].get<float>());
+        }
+        return list;
+      }
+    }
+    return false;
   }
 
   void readSection(const Json& section, const std::string& path) {
     requireObject(section, path);
     for (const auto& [key, v] : section.items()) {
       const std::string p = child(path, key);
-      if (key == "model") {
-        out_.model = resolve(readPath(v, p));
-      } else if (key == "data") {
-        const std::string data = readPath(v, p);
-        out_.data = data == "synthetic" ? data : resolve(data);
-      } else if (key == "output") {
-        out_.output = resolve(readPath(v, p));
-      } else if (key == "stats_output") {
-        out_.stats_output = resolve(readPath(v, p));
-      } else if (key == "report") {
-        out_.report = resolve(readPath(v, p));
-      } else if (key == "checkpoint") {
-        out_.checkpoint = resolve(readPath(v, p));
-      } else if (key == "checkpoint_output") {
-        out_.checkpoint_output = resolve(readPath(v, p));
-      } else if (key == "checkpoint_key") {
-        if (!v.is_string()) typeError(p, "a string such as \"model\" or \"model:module.\"", v);
-        out_.checkpoint_key = v.get<std::string>();
-      } else if (key == "timeout") {
-        out_.timeout = static_cast<int64_t>(
-            readUnsigned(v, p, 0, kMaxTimeout, "a number of seconds from 0 (off) to 10000000"));
-      } else if (key == "in_place") {
-        if (!v.is_boolean()) typeError(p, "true or false", v);
-        out_.in_place = v.get<bool>();
-      } else if (key == "samples") {
-        out_.samples = static_cast<int64_t>(
-            readUnsigned(v, p, 1, kMaxSamples, "a positive integer at most 1000000000000"));
-      } else if (key == "batch_size") {
-        out_.batch_size = static_cast<int64_t>(
-            readUnsigned(v, p, 1, kMaxBatchSize, "a positive integer at most 1000000"));
-      } else if (key == "threads") {
-        out_.threads = static_cast<int>(
-            readUnsigned(v, p, 0, kMaxThreads, "a non-negative integer at most 65536"));
-      } else if (key == "seed") {
-        out_.seed = readUnsigned(v, p, 0, kMaxSeed, "a non-negative integer below 2^64");
-      } else if (key == "weighting") {
-        const std::string expected = "\"samples\" or \"batches\"";
-        if (!v.is_string()) typeError(p, expected, v);
-        const std::string w = v.get<std::string>();
-        if (w == "samples") {
-          out_.weighting = Weighting::kSamples;
-        } else if (w == "batches") {
-          out_.weighting = Weighting::kBatches;
-        } else {
-          typeError(p, expected, v);
-        }
-      } else {
-        unknownKey(p, key, sectionKeys());
-      }
+      const auto it = std::find_if(options().begin(), options().end(),
+                                   [&](const Option& o) { return *o.key && key == o.key; });
+      if (it == options().end()) unknownKey(p, key, sectionKeys());
+      out_.section[key] = readValue(*it, v, p);
     }
   }
 
@@ -479,8 +548,7 @@ class ConfigReader {
     for (const auto& [key, value] : v.items()) {
       const std::string p = child(path, key);
       if (key == kNncfSamplesKey) {
-        const uint64_t n =
-            readUnsigned(value, p, 1, kMaxSamples, "a positive integer at most 1000000000000");
+        const uint64_t n = readUnsigned(value, p, 1, kMaxSamples, kPositiveSamples);
         out_.nncf_samples.emplace_back(p, static_cast<int64_t>(n));
       } else if (key == "num_bn_forget_samples") {
         out_.ignored_keys.push_back(p);
@@ -492,56 +560,10 @@ class ConfigReader {
 
   std::string file_;
   FileValues out_;
-  std::optional<int64_t> top_batch_size_;
 };
 
 // ---------------------------------------------------------------------------------------------
 // Command line.
-
-enum class FlagKind {
-  kConfig,
-  kModel,
-  kData,
-  kSamples,
-  kBatchSize,
-  kWeighting,
-  kOutput,
-  kStatsOutput,
-  kReport,
-  kThreads,
-  kSeed,
-  kCheckpoint,
-  kCheckpointOutput,
-  kCheckpointKey,
-  kInPlace,
-  kTimeout
-};
-
-struct FlagSpec {
-  const char* name;  // without the leading "--"
-  FlagKind kind;
-  bool takes_value = true;
-};
-
-const std::vector<FlagSpec>& flagSpecs() {
-  static const std::vector<FlagSpec> specs = {{"config", FlagKind::kConfig},
-                                              {"model", FlagKind::kModel},
-                                              {"data", FlagKind::kData},
-                                              {"samples", FlagKind::kSamples},
-                                              {"batch-size", FlagKind::kBatchSize},
-                                              {"weighting", FlagKind::kWeighting},
-                                              {"output", FlagKind::kOutput},
-                                              {"stats-output", FlagKind::kStatsOutput},
-                                              {"report", FlagKind::kReport},
-                                              {"threads", FlagKind::kThreads},
-                                              {"seed", FlagKind::kSeed},
-                                              {"checkpoint", FlagKind::kCheckpoint},
-                                              {"checkpoint-output", FlagKind::kCheckpointOutput},
-                                              {"checkpoint-key", FlagKind::kCheckpointKey},
-                                              {"in-place", FlagKind::kInPlace, false},
-                                              {"timeout", FlagKind::kTimeout}};
-  return specs;
-}
 
 // Strict decimal parse: digits only, no sign, no spaces; nullopt on overflow.
 std::optional<uint64_t> parseDecimal(const std::string& s) {
@@ -556,30 +578,62 @@ std::optional<uint64_t> parseDecimal(const std::string& s) {
   return value;
 }
 
-uint64_t flagUnsigned(const std::string& flag, const std::string& value, uint64_t min, uint64_t max,
-                      const std::string& expected) {
-  const std::optional<uint64_t> v = parseDecimal(value);
-  if (!v || *v < min || *v > max) {
-    fail(ExitCode::kUsage, "option '", flag, "': expected ", expected, ", found '", shorten(value),
-         "'");
-  }
-  return *v;
+// Strict number parse (the whole string, finite); nullopt otherwise.
+std::optional<double> parseNumber(const std::string& s) {
+  if (s.empty() || std::isspace(static_cast<unsigned char>(s[0]))) return std::nullopt;
+  errno = 0;
+  char* end = nullptr;
+  const double v = std::strtod(s.c_str(), &end);
+  if (end != s.c_str() + s.size() || errno == ERANGE || !std::isfinite(v)) return std::nullopt;
+  return v;
 }
 
-struct FlagValues {
-  std::optional<std::string> config, model, data, output, stats_output, report;
-  std::optional<std::string> checkpoint, checkpoint_output, checkpoint_key;
-  std::optional<bool> in_place;
-  std::optional<int64_t> timeout;
-  std::optional<int64_t> samples, batch_size;
-  std::optional<Weighting> weighting;
-  std::optional<int> threads;
-  std::optional<uint64_t> seed;
-};
+Value flagValue(const Option& o, const std::string& flag, const std::string& value) {
+  const auto bad = [&](const std::string& expected) {
+    fail(ExitCode::kUsage, "option '", flag, "': expected ", expected, ", found '",
+         shorten(value), "'");
+  };
+  switch (o.type) {
+    case Type::kPath:
+    case Type::kText:
+      return value;
+    case Type::kBool:
+      return true;
+    case Type::kUnsigned: {
+      const std::optional<uint64_t> v = parseDecimal(value);
+      if (!v || *v < o.min || *v > o.max) bad(o.expected);
+      return *v;
+    }
+    case Type::kChoice:
+      if (std::find(o.choices.begin(), o.choices.end(), value) == o.choices.end()) {
+        bad(choiceList(o, "'"));
+      }
+      return value;
+    case Type::kFraction: {
+      const std::optional<double> v = parseNumber(value);
+      if (!v || *v < 0.0 || *v > 1.0) bad("a number from 0 to 1");
+      return *v;
+    }
+    case Type::kFloatList: {
+      std::vector<float> list;
+      std::size_t start = 0;
+      for (;;) {
+        const std::size_t comma = value.find(',', start);
+        const std::optional<double> v = parseNumber(value.substr(start, comma - start));
+        if (!v || std::abs(*v) > 1e30) bad("numbers separated by commas, e.g. 0.485,0.456,0.406");
+        list.push_back(static_cast<float>(*v));
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+      }
+      return list;
+    }
+  }
+  return false;
+}
 
 [[noreturn]] void unknownOption(const std::string& flag) {
   std::vector<std::string> names;
-  for (const FlagSpec& spec : flagSpecs()) names.emplace_back(spec.name);
+  for (const Option& o : options()) names.emplace_back(o.flag);
   names.emplace_back("help");
   std::string bare = flag;
   bare.erase(0, bare.find_first_not_of('-'));
@@ -594,58 +648,9 @@ struct FlagValues {
   }());
 }
 
-void storeFlag(FlagValues& out, const FlagSpec& spec, const std::string& flag,
-               const std::string& value) {
-  const auto set = [&flag](auto& slot, auto v) {
-    BNA_CHECK(!slot.has_value(), ExitCode::kUsage, "option '", flag, "' given more than once");
-    slot = std::move(v);
-  };
-  switch (spec.kind) {
-    case FlagKind::kConfig: set(out.config, value); break;
-    case FlagKind::kData: set(out.data, value); break;
-    case FlagKind::kModel: set(out.model, value); break;
-    case FlagKind::kOutput: set(out.output, value); break;
-    case FlagKind::kStatsOutput: set(out.stats_output, value); break;
-    case FlagKind::kReport: set(out.report, value); break;
-    case FlagKind::kCheckpoint: set(out.checkpoint, value); break;
-    case FlagKind::kCheckpointOutput: set(out.checkpoint_output, value); break;
-    case FlagKind::kCheckpointKey: set(out.checkpoint_key, value); break;
-    case FlagKind::kInPlace: set(out.in_place, true); break;
-    case FlagKind::kTimeout:
-      set(out.timeout, static_cast<int64_t>(flagUnsigned(
-                           flag, value, 0, kMaxTimeout, "a number of seconds from 0 (off) to 10000000")));
-      break;
-    case FlagKind::kSamples:
-      set(out.samples,
-          static_cast<int64_t>(flagUnsigned(flag, value, 1, kMaxSamples,
-                                            "a positive integer at most 1000000000000")));
-      break;
-    case FlagKind::kBatchSize:
-      set(out.batch_size, static_cast<int64_t>(flagUnsigned(flag, value, 1, kMaxBatchSize,
-                                                            "a positive integer at most 1000000")));
-      break;
-    case FlagKind::kThreads:
-      set(out.threads, static_cast<int>(flagUnsigned(flag, value, 0, kMaxThreads,
-                                                     "a non-negative integer at most 65536")));
-      break;
-    case FlagKind::kSeed:
-      set(out.seed, flagUnsigned(flag, value, 0, kMaxSeed, "a non-negative integer below 2^64"));
-      break;
-    case FlagKind::kWeighting:
-      if (value == "samples") {
-        set(out.weighting, Weighting::kSamples);
-      } else if (value == "batches") {
-        set(out.weighting, Weighting::kBatches);
-      } else {
-        fail(ExitCode::kUsage, "option '", flag, "': expected 'samples' or 'batches', found '",
-             shorten(value), "'");
-      }
-      break;
-  }
-}
-
-FlagValues parseFlags(const std::vector<std::string>& args) {
-  FlagValues out;
+// Flag values by option key ("config" for --config).
+Values parseFlags(const std::vector<std::string>& args) {
+  Values out;
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
     if (arg.size() < 2 || arg[0] != '-' || arg == "--") {
@@ -654,17 +659,18 @@ FlagValues parseFlags(const std::vector<std::string>& args) {
     }
     const std::size_t eq = arg.find('=');
     const std::string flag = arg.substr(0, eq);
-    const FlagSpec* spec = nullptr;
-    for (const FlagSpec& s : flagSpecs()) {
-      if (flag == std::string("--") + s.name) spec = &s;
-    }
-    if (spec == nullptr) unknownOption(flag);
-    std::string value;
-    if (!spec->takes_value) {
+    const auto spec = std::find_if(options().begin(), options().end(), [&](const Option& o) {
+      return flag == std::string("--") + o.flag;
+    });
+    if (spec == options().end()) unknownOption(flag);
+    const std::string key = *spec->key ? spec->key : spec->flag;
+    BNA_CHECK(out.count(key) == 0, ExitCode::kUsage, "option '", flag, "' given more than once");
+    if (spec->type == Type::kBool) {
       BNA_CHECK(eq == std::string::npos, ExitCode::kUsage, "option '", flag, "' takes no value");
-      storeFlag(out, *spec, flag, "");
+      out[key] = true;
       continue;
     }
+    std::string value;
     if (eq != std::string::npos) {
       value = arg.substr(eq + 1);
     } else {
@@ -676,7 +682,7 @@ FlagValues parseFlags(const std::vector<std::string>& args) {
       ++i;
     }
     BNA_CHECK(!value.empty(), ExitCode::kUsage, "option '", flag, "' needs a non-empty value");
-    storeFlag(out, *spec, flag, value);
+    out[key] = flagValue(*spec, flag, value);
   }
   return out;
 }
@@ -684,20 +690,28 @@ FlagValues parseFlags(const std::vector<std::string>& args) {
 // ---------------------------------------------------------------------------------------------
 // Merging.
 
+// The flag's value, else the config section's, else `fallback`.
 template <typename T>
-T pick(const std::optional<T>& flag, const std::optional<T>& file, T fallback) {
-  if (flag) return *flag;
-  if (file) return *file;
+T pick(const Values& flags, const Values& file, const std::string& key, T fallback) {
+  for (const Values* values : {&flags, &file}) {
+    const auto it = values->find(key);
+    if (it != values->end()) return std::get<T>(it->second);
+  }
   return fallback;
+}
+
+bool given(const Values& flags, const Values& file, const std::string& key) {
+  return flags.count(key) > 0 || file.count(key) > 0;
 }
 
 std::string inConfig(const std::string& config) {
   return config.empty() ? std::string("in a --config file") : "in " + config;
 }
 
-int64_t pickSamples(const FlagValues& flags, const FileValues& file, const std::string& config) {
-  if (flags.samples) return *flags.samples;
-  if (file.samples) return *file.samples;
+int64_t pickSamples(const Values& flags, const FileValues& file, const std::string& config) {
+  if (given(flags, file.section, "samples")) {
+    return static_cast<int64_t>(pick<uint64_t>(flags, file.section, "samples", 0));
+  }
   const auto& nncf = file.nncf_samples;
   if (nncf.empty()) {
     fail(ExitCode::kUsage, "no sample count given: pass --samples N or set ", kSection,
@@ -765,17 +779,34 @@ Options (each also as --name=VALUE; options override the config file):
   --config FILE        NNCF-style JSON config (comments allowed); its "bnadapt_dist"
                        section takes the options below as keys, with '_' for '-'
   --model PATH         TorchScript model                           (bnadapt_dist.model)
-  --data PATH          calibration data, or "synthetic"            (bnadapt_dist.data)
+  --data PATH          calibration data: a .pt file or a folder of .pt shards, a folder of
+                       class folders of images, a *-idx3-ubyte[.gz] file, or "synthetic"
+                                                                   (bnadapt_dist.data)
+  --data-format F      auto (default: from the path), tensor, imagefolder, idx, synthetic
   --samples N          number of calibration samples               (bnadapt_dist.samples, else
                        compression.initializer.batchnorm_adaptation.num_bn_adaptation_samples)
   --batch-size N       batch size, default 32                      (bnadapt_dist.batch_size,
                                                                     else top-level batch_size)
   --weighting MODE     weight batch statistics by "samples" (default) or "batches"
+  --shuffle            take the samples in a seeded random order (the same on every rank)
+  --seed N             random seed for --shuffle and synthetic data, default 0
+  --mean A[,B,C]       images and IDX: normalisation after scaling pixels to [0, 1]; default
+  --std A[,B,C]          ImageNet's for images (0.485,0.456,0.406 / 0.229,0.224,0.225), 0 / 1
+                         for IDX
+  --resize N           images: shorter side before the centre crop; default crop / 0.875
+                       (256 for 224); the crop is input_info.sample_size's H x W
+  --data-threads N     decoding threads per rank; 0 (default) = half the rank's cores, >= 1
+  --prefetch-batches N batches decoded ahead of the forward passes, default 4
+  --skip-corrupt       leave unreadable samples out (counted in the report) instead of failing
+  --max-skip-fraction F  with --skip-corrupt, fail when more than this fraction of the samples
+                       is skipped, default 0.01
+  --eval               measure top-1 accuracy before and after adaptation on --eval-data
+  --eval-data PATH     labelled evaluation data (any format above with labels)
+  --eval-samples N     evaluate on the first N samples of --eval-data (default: all)
   --output PATH        write the model with the new BatchNorm buffers
   --stats-output PATH  write the BatchNorm buffers alone
   --report PATH        write a JSON report
-  --threads N          threads per rank; 0 (default) = cores / local ranks
-  --seed N             random seed, default 0
+  --threads N          intra-op threads per rank; 0 (default) = cores / local ranks
   --checkpoint IN      a training checkpoint (torch.save zip or .safetensors) to receive the
                        new BN buffers                              (bnadapt_dist.checkpoint)
   --checkpoint-output OUT  where the patched checkpoint goes, with OUT.sha256
@@ -788,6 +819,7 @@ Options (each also as --name=VALUE; options override the config file):
   -h, --help           print this help and exit
 
 The sample shape comes from the config's input_info.sample_size (batch dimension first).
+Every option can be set in the config's "bnadapt_dist" section ('_' for '-').
 Relative paths in the config file are relative to the config file's directory.
 Exit codes: 0 ok, 1 internal, 2 usage, 3 data, 4 model, 5 communication, 6 output,
 7 checkpoint, 8 timeout.
@@ -798,44 +830,73 @@ Settings parseSettings(const std::vector<std::string>& args) {
   for (const std::string& arg : args) {
     if (arg == "--help" || arg == "-h") throw HelpRequested();
   }
-  const FlagValues flags = parseFlags(args);
+  const Values flags = parseFlags(args);
 
   Settings s;
   FileValues file;
-  if (flags.config) {
-    s.config_path = *flags.config;
+  s.config_path = pick<std::string>(flags, {}, "config", "");
+  if (!s.config_path.empty()) {
     const Json root = parseConfigText(readConfigText(s.config_path), s.config_path);
     file = ConfigReader(s.config_path).read(root);
   }
+  const Values& sec = file.section;
   const std::string where = inConfig(s.config_path);
+  const auto text = [&](const char* key) { return pick<std::string>(flags, sec, key, ""); };
+  const auto number = [&](const char* key, uint64_t fallback) {
+    return pick<uint64_t>(flags, sec, key, fallback);
+  };
+  const auto flag = [&](const char* key) { return pick<bool>(flags, sec, key, false); };
 
-  BNA_CHECK(flags.model || file.model, ExitCode::kUsage,
+  BNA_CHECK(given(flags, sec, "model"), ExitCode::kUsage,
             "no model given: pass --model PATH or set ", kSection, ".model ", where);
-  BNA_CHECK(flags.data || file.data, ExitCode::kUsage,
+  BNA_CHECK(given(flags, sec, "data"), ExitCode::kUsage,
             "no data given: pass --data PATH (or --data synthetic) or set ", kSection, ".data ",
             where);
-  s.model_path = pick(flags.model, file.model, std::string());
-  s.data_path = pick(flags.data, file.data, std::string());
+  s.model_path = text("model");
+  s.data_path = text("data");
+  s.data_format = pick<std::string>(flags, sec, "data_format", "auto");
   s.sample_shape = file.sample_shape;
   s.samples = pickSamples(flags, file, s.config_path);
-  s.batch_size = pick(flags.batch_size, file.batch_size, kDefaultBatchSize);
-  s.weighting = pick(flags.weighting, file.weighting, Weighting::kSamples);
-  s.seed = pick(flags.seed, file.seed, uint64_t{0});
-  s.output_path = pick(flags.output, file.output, std::string());
-  s.stats_output_path = pick(flags.stats_output, file.stats_output, std::string());
-  s.report_path = pick(flags.report, file.report, std::string());
-  s.threads = pick(flags.threads, file.threads, 0);
-  s.checkpoint_path = pick(flags.checkpoint, file.checkpoint, std::string());
-  s.checkpoint_output_path = pick(flags.checkpoint_output, file.checkpoint_output, std::string());
-  s.checkpoint_key = pick(flags.checkpoint_key, file.checkpoint_key, std::string());
-  s.in_place = pick(flags.in_place, file.in_place, false);
-  s.timeout_seconds = pick(flags.timeout, file.timeout, int64_t{900});
+  s.batch_size = static_cast<int64_t>(
+      number("batch_size", static_cast<uint64_t>(file.batch_size.value_or(kDefaultBatchSize))));
+  s.weighting = pick<std::string>(flags, sec, "weighting", "samples") == "batches"
+                    ? Weighting::kBatches
+                    : Weighting::kSamples;
+  s.shuffle = flag("shuffle");
+  s.seed = number("seed", 0);
+  s.mean = pick<std::vector<float>>(flags, sec, "mean", {});
+  s.std = pick<std::vector<float>>(flags, sec, "std", {});
+  s.resize_shorter = static_cast<int64_t>(number("resize", 0));
+  s.data_threads = static_cast<int>(number("data_threads", 0));
+  s.prefetch_batches = static_cast<int>(number("prefetch_batches", 4));
+  s.skip_corrupt = flag("skip_corrupt");
+  s.max_skip_fraction = pick<double>(flags, sec, "max_skip_fraction", 0.01);
+  s.eval = flag("eval");
+  s.eval_data_path = text("eval_data");
+  s.eval_samples = static_cast<int64_t>(number("eval_samples", 0));
+  s.output_path = text("output");
+  s.stats_output_path = text("stats_output");
+  s.report_path = text("report");
+  s.threads = static_cast<int>(number("threads", 0));
+  s.checkpoint_path = text("checkpoint");
+  s.checkpoint_output_path = text("checkpoint_output");
+  s.checkpoint_key = text("checkpoint_key");
+  s.in_place = flag("in_place");
+  s.timeout_seconds = static_cast<int64_t>(number("timeout", 900));
   BNA_CHECK(s.checkpoint_path.empty() == s.checkpoint_output_path.empty(), ExitCode::kUsage,
             s.checkpoint_path.empty()
                 ? "--checkpoint-output needs --checkpoint IN (the checkpoint to patch)"
                 : "--checkpoint needs --checkpoint-output OUT (where the patched copy goes)");
   BNA_CHECK(!s.in_place || !s.checkpoint_path.empty(), ExitCode::kUsage,
             "--in-place applies to --checkpoint, which is not given");
+  BNA_CHECK(s.eval || (s.eval_data_path.empty() && s.eval_samples == 0), ExitCode::kUsage,
+            s.eval_data_path.empty() ? "--eval-samples" : "--eval-data",
+            " applies to --eval, which is not given");
+  BNA_CHECK(!s.eval || !s.eval_data_path.empty(), ExitCode::kUsage,
+            "--eval needs --eval-data PATH: labelled data (class folders, IDX labels or a "
+            "tensor file with \"labels\") to measure top-1 on");
+  BNA_CHECK(s.skip_corrupt || !given(flags, sec, "max_skip_fraction"), ExitCode::kUsage,
+            "--max-skip-fraction applies to --skip-corrupt, which is not given");
   s.compression_algorithms = std::move(file.algorithms);
   s.ignored_keys = std::move(file.ignored_keys);
   return s;

@@ -16,6 +16,7 @@ struct Settings {
   // Inputs.
   std::string model_path;   // --model / bnadapt_dist.model
   std::string data_path;    // --data / bnadapt_dist.data ("synthetic" for seeded normal data)
+  std::string data_format = "auto";  // --data-format: auto, tensor, imagefolder, idx, synthetic
   // Sample shape without the batch dimension, from input_info.sample_size (which includes
   // the batch dimension, as NNCF writes it). Empty when not given.
   std::vector<int64_t> sample_shape;
@@ -25,6 +26,22 @@ struct Settings {
   int64_t batch_size = 0;  // --batch-size / bnadapt_dist.batch_size (else NNCF top-level batch_size)
   Weighting weighting = Weighting::kSamples;
   uint64_t seed = 0;
+  bool shuffle = false;  // --shuffle: seeded random sample order
+
+  // Preprocessing of images and IDX files (empty / 0: the source's defaults).
+  std::vector<float> mean, std;  // --mean, --std
+  int64_t resize_shorter = 0;    // --resize
+
+  // Loading.
+  int data_threads = 0;          // --data-threads; 0 = half the rank's cores, at least 1
+  int prefetch_batches = 4;      // --prefetch-batches
+  bool skip_corrupt = false;     // --skip-corrupt
+  double max_skip_fraction = 0.01;  // --max-skip-fraction
+
+  // Top-1 evaluation before and after adaptation.
+  bool eval = false;             // --eval
+  std::string eval_data_path;    // --eval-data
+  int64_t eval_samples = 0;      // --eval-samples; 0 = all
 
   // Outputs (empty: not written).
   std::string output_path;        // --output: TorchScript model with new buffers

@@ -1,81 +1,50 @@
 #include "data/dataset.h"
 
-#include <ATen/ATen.h>
-#include <torch/serialize.h>
+#include <filesystem>
 
 #include "common/error.h"
-#include "common/hash.h"
+#include "data/idx_file.h"
+#include "data/image_decode.h"
+#include "data/sources.h"
 #include "io/files.h"
 
 namespace bnadapt::data {
 namespace {
 
-class TensorDataset final : public Dataset {
- public:
-  TensorDataset(std::string path, at::Tensor inputs)
-      : path_(std::move(path)), inputs_(std::move(inputs)) {}
-  int64_t size() const override { return inputs_.size(0); }
-  std::vector<int64_t> sampleShape() const override {
-    auto s = inputs_.sizes().vec();
-    s.erase(s.begin());
-    return s;
-  }
-  at::Tensor batch(int64_t begin, int64_t end) const override {
-    return inputs_.slice(0, begin, end).contiguous();
-  }
-  std::string describe() const override {
-    return "tensor file " + path_ + " " + shapeString(inputs_.sizes().vec()) + " " +
-           std::string(c10::toString(inputs_.scalar_type()));
-  }
-  uint64_t contentHash() const override {
-    Fnv1a hash;
-    hash.update(inputs_.data_ptr(), inputs_.numel() * inputs_.element_size());
-    return hash.digest();
-  }
+namespace fs = std::filesystem;
 
- private:
-  std::string path_;
-  at::Tensor inputs_;
-};
+bool endsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
 
-class SyntheticDataset final : public Dataset {
- public:
-  SyntheticDataset(std::vector<int64_t> shape, int64_t size, uint64_t seed)
-      : shape_(std::move(shape)), size_(size), seed_(seed) {}
-  int64_t size() const override { return size_; }
-  std::vector<int64_t> sampleShape() const override { return shape_; }
-  at::Tensor batch(int64_t begin, int64_t end) const override {
-    std::vector<int64_t> shape = shape_;
-    shape.insert(shape.begin(), end - begin);
-    at::Tensor out = at::empty(shape, at::kFloat);
-    for (int64_t i = begin; i < end; ++i) {
-      // splitmix64 of (seed, i): independent streams per sample, whatever the sharding.
-      uint64_t z = seed_ + 0x9E3779B97F4A7C15ULL * static_cast<uint64_t>(i + 1);
-      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-      z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-      z ^= z >> 31;
-      at::Generator gen = at::detail::createCPUGenerator(z);
-      out[i - begin].normal_(0.0, 1.0, gen);
-    }
-    return out;
-  }
-  std::string describe() const override {
-    return "synthetic N(0,1) " + shapeString(shape_) + " x " + std::to_string(size_) +
-           " (seed " + std::to_string(seed_) + ")";
-  }
-  uint64_t contentHash() const override { return seed_; }  // shape and size are checked too
+bool isTensorFileName(const std::string& name) {
+  return endsWith(name, ".pt") || endsWith(name, ".pth");
+}
 
- private:
-  std::vector<int64_t> shape_;
-  int64_t size_;
-  uint64_t seed_;
-};
-
-const char* kExpectedData =
-    "expected a file written by torch.save(tensor) or torch.save({\"inputs\": tensor, ...}) "
-    "with a plain dict";
+const char* kFormats =
+    "a .pt file or a folder of .pt files (tensor), a folder of class folders of images "
+    "(imagefolder), a *-idx3-ubyte[.gz] file (idx), or 'synthetic'";
 
 }  // namespace
+
+const char* dataFormatName(DataFormat f) {
+  switch (f) {
+    case DataFormat::kAuto: return "auto";
+    case DataFormat::kTensor: return "tensor";
+    case DataFormat::kImageFolder: return "imagefolder";
+    case DataFormat::kIdx: return "idx";
+    case DataFormat::kSynthetic: return "synthetic";
+  }
+  return "?";
+}
+
+std::optional<DataFormat> parseDataFormat(const std::string& name) {
+  for (DataFormat f : {DataFormat::kAuto, DataFormat::kTensor, DataFormat::kImageFolder,
+                       DataFormat::kIdx, DataFormat::kSynthetic}) {
+    if (name == dataFormatName(f)) return f;
+  }
+  return std::nullopt;
+}
 
 std::string shapeString(const std::vector<int64_t>& shape) {
   std::string s = "[";
@@ -83,61 +52,85 @@ std::string shapeString(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
-std::unique_ptr<Dataset> openTensorFile(const std::string& path) {
-  const std::vector<char> bytes = io::readFile(path, "data file", ExitCode::kData);
-  c10::IValue value;
-  try {
-    value = torch::pickle_load(bytes);
-  } catch (const std::exception& e) {
-    std::string why = e.what();
-    why = why.substr(0, why.find('\n'));
-    if (why.find("GenericDict") != std::string::npos) {
-      why += " (an OrderedDict? save a plain dict instead)";
+DataFormat inferFormat(const std::string& path) {
+  if (path == "synthetic") return DataFormat::kSynthetic;
+  std::error_code ec;
+  const auto status = fs::status(path, ec);
+  BNA_CHECK(fs::exists(status), ExitCode::kData, "data path '", path,
+            "' does not exist; expected ", kFormats);
+  if (fs::is_directory(status)) {
+    bool tensors = false, folders = false, images = false;
+    for (const auto& entry : fs::directory_iterator(path, ec)) {
+      const std::string name = entry.path().filename().string();
+      if (name.empty() || name[0] == '.') continue;
+      if (entry.is_directory()) folders = true;
+      else if (isTensorFileName(name)) tensors = true;
+      else if (isImageFileName(name)) images = true;
     }
-    fail(ExitCode::kData, "data file '", path, "' cannot be read: ", why, "; ", kExpectedData);
+    BNA_CHECK(!ec, ExitCode::kData, "data folder '", path, "' cannot be listed: ", ec.message());
+    BNA_CHECK(!(tensors && folders), ExitCode::kData, "data folder '", path,
+              "' holds both .pt files and folders; pass --data-format tensor or imagefolder");
+    if (tensors) return DataFormat::kTensor;
+    if (folders) return DataFormat::kImageFolder;
+    fail(ExitCode::kData, "data folder '", path, "' ",
+         images ? "holds images but no class folders: the imagefolder layout is "
+                  "PATH/<class>/<image> (put them in one class folder for unlabelled data)"
+                : "holds no .pt files and no class folders",
+         "; expected ", kFormats);
   }
-  at::Tensor inputs;
-  if (value.isTensor()) {
-    inputs = value.toTensor();
-  } else if (value.isGenericDict()) {
-    auto dict = value.toGenericDict();
-    auto it = dict.find(c10::IValue("inputs"));
-    BNA_CHECK(it != dict.end(), ExitCode::kData, "data file '", path,
-              "' holds a dict without an \"inputs\" key; ", kExpectedData);
-    BNA_CHECK(it->value().isTensor(), ExitCode::kData, "data file '", path,
-              "': \"inputs\" is a ", it->value().tagKind(), ", expected a tensor");
-    inputs = it->value().toTensor();
-  } else {
-    fail(ExitCode::kData, "data file '", path, "' holds a ", value.tagKind(), "; ",
-         kExpectedData);
-  }
-  BNA_CHECK(at::isFloatingType(inputs.scalar_type()), ExitCode::kData, "data file '", path,
-            "': inputs have dtype ", inputs.scalar_type(), ", expected a floating-point tensor");
-  BNA_CHECK(inputs.dim() >= 2, ExitCode::kData, "data file '", path, "': inputs have shape ",
-            shapeString(inputs.sizes().vec()), ", expected [N, ...] with at least 2 dimensions");
-  BNA_CHECK(inputs.size(0) > 0, ExitCode::kData, "data file '", path, "' holds no samples");
-  return std::make_unique<TensorDataset>(path, inputs.contiguous());
+  if (looksLikeIdxImages(path)) return DataFormat::kIdx;
+  if (isTensorFileName(path)) return DataFormat::kTensor;
+  const std::string head = io::readHead(path, 4, "data file", ExitCode::kData);
+  if (head.rfind("PK\x03\x04", 0) == 0) return DataFormat::kTensor;
+  BNA_CHECK(!isImageFileName(path), ExitCode::kData, "data path '", path,
+            "' is a single image; point --data at the folder of class folders (imagefolder)");
+  fail(ExitCode::kData, "cannot tell the format of data file '", path, "'; expected ", kFormats,
+       ", or pass --data-format");
 }
 
-std::unique_ptr<Dataset> makeSynthetic(std::vector<int64_t> sample_shape, int64_t size,
-                                       uint64_t seed) {
-  return std::make_unique<SyntheticDataset>(std::move(sample_shape), size, seed);
+void channelNormalization(const DataOptions& options, size_t channels,
+                          const std::vector<float>& default_mean,
+                          const std::vector<float>& default_std, std::vector<float>& mean,
+                          std::vector<float>& std) {
+  auto expand = [&](const std::vector<float>& given, const std::vector<float>& fallback,
+                    const char* what) {
+    const std::vector<float>& v = given.empty() ? fallback : given;
+    BNA_CHECK(v.size() == 1 || v.size() == channels, ExitCode::kUsage, "--", what, " has ",
+              v.size(), " value(s) but the data has ", channels,
+              " channel(s); give one value or one per channel");
+    return v.size() == 1 ? std::vector<float>(channels, v[0]) : v;
+  };
+  mean = expand(options.mean, default_mean, "mean");
+  std = expand(options.std, default_std, "std");
+  for (float s : std) {
+    BNA_CHECK(s > 0, ExitCode::kUsage, "--std values must be > 0, got ", s);
+  }
 }
 
-std::unique_ptr<Dataset> openDataset(const std::string& path,
-                                     const std::vector<int64_t>& sample_shape,
-                                     int64_t synthetic_size, uint64_t seed) {
-  if (path == "synthetic") {
-    BNA_CHECK(!sample_shape.empty(), ExitCode::kUsage,
-              "--data synthetic needs the sample shape: set input_info.sample_size in the "
-              "config, e.g. [1, 3, 224, 224]");
-    return makeSynthetic(sample_shape, synthetic_size, seed);
+std::unique_ptr<Dataset> openDataset(const std::string& path, const DataOptions& options) {
+  const DataFormat format =
+      options.format == DataFormat::kAuto ? inferFormat(path) : options.format;
+  std::unique_ptr<Dataset> ds;
+  switch (format) {
+    case DataFormat::kSynthetic:
+      BNA_CHECK(!options.sample_shape.empty(), ExitCode::kUsage,
+                "--data synthetic needs the sample shape: set input_info.sample_size in the "
+                "config, e.g. [1, 3, 224, 224]");
+      return makeSynthetic(options.sample_shape, options.synthetic_size, options.seed);
+    case DataFormat::kImageFolder:
+      return openImageFolder(path, options);  // crops to the requested shape
+    case DataFormat::kIdx:
+      ds = openIdxData(path, options);
+      break;
+    case DataFormat::kTensor:
+    case DataFormat::kAuto:
+      ds = openTensorData(path);
+      break;
   }
-  auto ds = openTensorFile(path);
-  BNA_CHECK(sample_shape.empty() || ds->sampleShape() == sample_shape, ExitCode::kData,
-            "data file '", path, "' has samples of shape ", shapeString(ds->sampleShape()),
-            " but input_info.sample_size expects ", shapeString(sample_shape),
-            " (after the batch dimension)");
+  BNA_CHECK(options.sample_shape.empty() || ds->sampleShape() == options.sample_shape,
+            ExitCode::kData, "data '", path, "' has samples of shape ",
+            shapeString(ds->sampleShape()), " but input_info.sample_size expects ",
+            shapeString(options.sample_shape), " (after the batch dimension)");
   return ds;
 }
 

@@ -48,4 +48,50 @@ int64_t BatchPlan::samplesOfRank(int rank, int world_size) const {
   return n;
 }
 
+BatchPlan planAll(int64_t n, int64_t batch_size) {
+  BNA_CHECK(n > 0, ExitCode::kData, "the data set holds no samples");
+  BNA_CHECK(batch_size > 0, ExitCode::kUsage, "batch size must be positive, got ", batch_size);
+  BatchPlan plan;
+  plan.requested = plan.rounded = plan.used = n;
+  plan.batch_size = batch_size;
+  plan.num_batches = (n + batch_size - 1) / batch_size;
+  return plan;
+}
+
+std::vector<int64_t> sampleOrder(int64_t available, bool shuffle, uint64_t seed) {
+  std::vector<int64_t> order(static_cast<size_t>(available));
+  for (int64_t i = 0; i < available; ++i) order[static_cast<size_t>(i)] = i;
+  if (!shuffle) return order;
+  // Fisher-Yates driven by splitmix64; bounded draws by rejection, so every permutation is
+  // equally likely and no library distribution (implementation-defined) is involved.
+  uint64_t state = seed;
+  auto next = [&state] {
+    uint64_t z = (state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+  };
+  for (uint64_t i = static_cast<uint64_t>(available); i > 1; --i) {
+    const uint64_t limit = UINT64_MAX - UINT64_MAX % i;  // draws >= limit would bias
+    uint64_t r;
+    do r = next(); while (r >= limit);
+    std::swap(order[i - 1], order[r % i]);
+  }
+  return order;
+}
+
+std::vector<std::vector<int64_t>> batchSamples(const BatchPlan& plan,
+                                               const std::vector<int64_t>& order,
+                                               const std::vector<int64_t>& batches) {
+  BNA_ASSERT(static_cast<int64_t>(order.size()) >= plan.used, "order of ", order.size(),
+             " for ", plan.used, " samples");
+  std::vector<std::vector<int64_t>> out;
+  out.reserve(batches.size());
+  for (int64_t b : batches) {
+    const auto [begin, end] = plan.batchRange(b);
+    out.emplace_back(order.begin() + begin, order.begin() + end);
+  }
+  return out;
+}
+
 }  // namespace bnadapt::data

@@ -261,6 +261,36 @@ void AdaptableModel::calibrate(const at::Tensor& batch, stats::StatsAccumulator&
   }
 }
 
+at::Tensor AdaptableModel::predict(const at::Tensor& batch) {
+  torch::NoGradGuard no_grad;
+  // A model traced in train mode would update its buffers even in eval(): keep copies.
+  std::vector<std::pair<torch::jit::Module, bool>> modes;
+  for (const auto& m : output_.modules()) modes.emplace_back(m, m.is_training());
+  std::vector<std::pair<at::Tensor, at::Tensor>> saved;
+  for (const auto& b : output_.buffers(/*recurse=*/true)) saved.emplace_back(b, b.clone());
+  auto restore = [&] {
+    for (auto& [m, training] : modes) m.train(training);  // pre-order: parents first
+    for (auto& [b, copy] : saved) b.copy_(copy);
+  };
+  output_.eval();
+  c10::IValue out;
+  try {
+    out = output_.forward({batch});
+  } catch (const std::exception& e) {
+    restore();
+    fail(ExitCode::kModel, "evaluation forward of input ", batch.sizes(), " failed: ",
+         summarizeTorchError(e));
+  }
+  restore();
+  BNA_CHECK(out.isTensor() && out.toTensor().dim() == 2 &&
+                out.toTensor().size(0) == batch.size(0),
+            ExitCode::kModel, "--eval needs a model whose forward returns logits [N, classes]; '",
+            path_, "' returned ",
+            out.isTensor() ? "a tensor of shape " + c10::str(out.toTensor().sizes())
+                           : std::string("a ") + out.tagKind());
+  return out.toTensor();
+}
+
 void AdaptableModel::setStatistics(size_t layer, const std::vector<double>& mean,
                                    const std::vector<double>& var, int64_t batches) {
   torch::NoGradGuard no_grad;

@@ -71,6 +71,11 @@ class AdaptableModel {
   // Throws bnadapt::Error(kData) naming the layer when a batch cannot be used.
   void calibrate(const at::Tensor& batch, stats::StatsAccumulator& acc);
 
+  // The output copy's forward on `batch` in eval mode (as the model will be used), for
+  // top-1 evaluation: logits [N, classes]. Leaves the copy as it was (training flags and
+  // every buffer restored). Throws Error(kModel) when the output is not [N, classes].
+  at::Tensor predict(const at::Tensor& batch);
+
   // Writes new running_mean/var into the output copy's layer and adds `batches` to its
   // num_batches_tracked.
   void setStatistics(size_t layer, const std::vector<double>& mean,

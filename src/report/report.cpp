@@ -36,6 +36,8 @@ nlohmann::json buildReport(const RunSummary& run) {
   j["data"] = run.data_description;
   j["world_size"] = run.world_size;
   j["threads_per_rank"] = run.threads_per_rank;
+  j["data_threads_per_rank"] = run.data_threads_per_rank;
+  j["data_order"] = st.shuffle ? "shuffled (seed " + std::to_string(st.seed) + ")" : "as stored";
   j["estimator"] = config::weightingName(st.weighting);
   j["device"] = "cpu";
   j["backend"] = "mpi";
@@ -46,15 +48,32 @@ nlohmann::json buildReport(const RunSummary& run) {
                   {"truncated", run.plan.truncated}};
   j["batch_size"] = run.plan.batch_size;
   j["global_batches"] = run.plan.num_batches;
-  j["num_batches_tracked_added"] = run.plan.num_batches;
+  j["num_batches_tracked_added"] = run.forwarded_batches;
   nlohmann::json ranks = nlohmann::json::array();
   for (size_t r = 0; r < run.ranks.size(); ++r) {
     ranks.push_back({{"rank", r},
                      {"batches", run.ranks[r].batches},
                      {"samples", run.ranks[r].samples},
-                     {"forward_seconds", run.ranks[r].forward_seconds}});
+                     {"skipped_samples", run.ranks[r].skipped},
+                     {"forward_seconds", run.ranks[r].forward_seconds},
+                     {"loader_wait_seconds", run.ranks[r].loader_wait_seconds},
+                     {"peak_rss_mib", run.ranks[r].peak_rss_mib}});
   }
   j["ranks"] = ranks;
+  j["skipped_samples"] = {{"count", run.skipped_samples},
+                          {"fraction", run.plan.used > 0 ? static_cast<double>(run.skipped_samples) /
+                                                               static_cast<double>(run.plan.used)
+                                                         : 0.0},
+                          {"skip_corrupt", st.skip_corrupt},
+                          {"max_fraction", st.max_skip_fraction}};
+  if (run.evaluated) {
+    j["eval"] = {{"data", run.eval.data_description},
+                 {"samples", run.eval.samples},
+                 {"top1_before", run.eval.top1(run.eval.correct_before)},
+                 {"top1_after", run.eval.top1(run.eval.correct_after)},
+                 {"correct_before", run.eval.correct_before},
+                 {"correct_after", run.eval.correct_after}};
+  }
   nlohmann::json layers = nlohmann::json::array();
   nlohmann::json unused = nlohmann::json::array();
   for (size_t i = 0; i < run.layers->size(); ++i) {
@@ -76,7 +95,7 @@ nlohmann::json buildReport(const RunSummary& run) {
       lj["adapted"] = true;
       if (l.old_num_batches_tracked >= 0) {
         lj["num_batches_tracked"] = {{"old", l.old_num_batches_tracked},
-                                     {"new", l.old_num_batches_tracked + run.plan.num_batches}};
+                                     {"new", l.old_num_batches_tracked + run.forwarded_batches}};
       }
       lj["new"] = {{"mean", summarize(s.mean)}, {"var", summarize(s.var)}};
       lj["max_abs_mean_shift_over_sigma"] = maxShift(l, s);
@@ -133,6 +152,24 @@ std::vector<std::string> summaryLines(const RunSummary& run) {
   }
   for (const auto& s : *run.skipped) {
     out.push_back("left alone: layer '" + s.name + "' (" + s.kind + "): " + s.reason);
+  }
+  if (run.skipped_samples > 0) {
+    std::snprintf(line, sizeof line, "skipped %lld unreadable sample(s) of %lld (%.3g%%)",
+                  static_cast<long long>(run.skipped_samples),
+                  static_cast<long long>(run.plan.used),
+                  100.0 * static_cast<double>(run.skipped_samples) /
+                      static_cast<double>(std::max<int64_t>(1, run.plan.used)));
+    out.emplace_back(line);
+  }
+  if (run.evaluated) {
+    std::snprintf(line, sizeof line,
+                  "top-1 on %lld eval samples: %.2f%% before, %.2f%% after adaptation (%+.2f)",
+                  static_cast<long long>(run.eval.samples),
+                  100.0 * run.eval.top1(run.eval.correct_before),
+                  100.0 * run.eval.top1(run.eval.correct_after),
+                  100.0 * (run.eval.top1(run.eval.correct_after) -
+                           run.eval.top1(run.eval.correct_before)));
+    out.emplace_back(line);
   }
   std::snprintf(line, sizeof line, "time: setup %.2fs, forward %.2fs, all-reduce %.3fs, total %.2fs",
                 run.setup_seconds, run.forward_seconds, run.allreduce_seconds, run.total_seconds);

@@ -16,8 +16,22 @@ namespace bnadapt::report {
 
 struct RankInfo {
   int64_t batches = 0;
-  int64_t samples = 0;
+  int64_t samples = 0;        // forwarded (read and not skipped)
+  int64_t skipped = 0;        // unreadable samples left out (--skip-corrupt)
   double forward_seconds = 0;
+  double loader_wait_seconds = 0;  // forward passes waiting for decoded batches
+  double peak_rss_mib = 0;         // the rank's peak resident memory
+};
+
+// Top-1 accuracy of the model before and after adaptation (--eval).
+struct EvalResult {
+  std::string data_description;
+  int64_t samples = 0;
+  int64_t correct_before = 0;
+  int64_t correct_after = 0;
+  double top1(int64_t correct) const {
+    return samples > 0 ? static_cast<double>(correct) / static_cast<double>(samples) : 0.0;
+  }
 };
 
 struct RunSummary {
@@ -25,8 +39,15 @@ struct RunSummary {
   std::string data_description;
   int world_size = 1;
   int threads_per_rank = 1;
+  int data_threads_per_rank = 1;
   data::BatchPlan plan;
   std::vector<RankInfo> ranks;
+  int64_t skipped_samples = 0;  // over all ranks
+  // Global batches forwarded (all but those whose every sample was skipped): what
+  // num_batches_tracked grows by, as in PyTorch.
+  int64_t forwarded_batches = 0;
+  bool evaluated = false;
+  EvalResult eval;
   const std::vector<model::BnLayer>* layers = nullptr;
   const std::vector<model::SkippedLayer>* skipped = nullptr;
   std::vector<stats::LayerStats> results;  // per layer, final

@@ -93,9 +93,9 @@ bna_expect_failure(corrupt_model 1 4 "corrupt_model.pt' cannot be loaded as Torc
                    --model ${BNA_FIX}/corrupt_model.pt --data ${BNA_FIX}/data_vec48.pt --samples 20 --batch-size 5 ${BNA_OUTS})
 bna_expect_failure(no_bn 2 4 "has no BatchNorm layer to adapt"
                    --model ${BNA_FIX}/nobn_scripted.pt --data ${BNA_FIX}/data_img16.pt --samples 20 --batch-size 5 ${BNA_OUTS})
-bna_expect_failure(missing_data 2 3 "data file '.*nothere.pt' cannot be read"
+bna_expect_failure(missing_data 2 3 "data path '.*nothere.pt' does not exist"
                    --model ${BNA_FIX}/mlp_scripted.pt --data ${BNA_FIX}/nothere.pt --samples 20 --batch-size 5 ${BNA_OUTS})
-bna_expect_failure(shape_mismatch 2 3 "global batch 0 .*forward of input \\[5, 5, 7, 7\\] failed"
+bna_expect_failure(shape_mismatch 2 3 "global batch 0: forward of input \\[5, 5, 7, 7\\] failed"
                    --model ${BNA_FIX}/mlp_scripted.pt --data ${BNA_FIX}/bad_data_shape.pt --samples 10 --batch-size 5 ${BNA_OUTS})
 bna_expect_failure(sample_size_mismatch 1 3 "has samples of shape \\[48\\] but input_info.sample_size expects \\[3, 16, 16\\]"
                    --config ${BNA_SRC_TESTS}/mpi/configs/sample_size_img16.json ${BNA_GOOD} ${BNA_OUTS})
@@ -133,10 +133,10 @@ bna_expect_divergence(divergent_model_contents
   "rank 1 differs from rank 0 .*'model parameters and buffers hash="
   --model ${BNA_FIX}/mlp_scripted_shifted.pt --data ${BNA_FIX}/data_vec48.pt --samples 20 --batch-size 5 ${BNA_OUTS})
 bna_expect_divergence(divergent_data_contents
-  "rank 1 differs from rank 0 .*'data samples=75 shape=\\[48\\] hash="
+  "rank 1 differs from rank 0 .*'data samples=75 shape=\\[48\\] dtype=Float labels=no hash="
   --model ${BNA_FIX}/mlp_scripted.pt --data ${BNA_FIX}/data_vec48_other.pt --samples 20 --batch-size 5 ${BNA_OUTS})
 bna_expect_divergence(divergent_settings
-  "rank 1 differs from rank 0 .*'weighting=samples seed=0'.*'weighting=batches seed=0'"
+  "rank 1 differs from rank 0 .*'weighting=samples seed=0 shuffle=no'.*'weighting=batches seed=0 shuffle=no'"
   ${BNA_GOOD} --weighting batches ${BNA_OUTS})
 
 # A model whose BN calls were inlined into the parent graph cannot be adapted: say so.
@@ -156,3 +156,4 @@ bna_expect_failure(output_is_input_via_symlink 2 6 "is the same file as the inpu
 
 include(${CMAKE_CURRENT_LIST_DIR}/checkpoint_tests.cmake)
 include(${CMAKE_CURRENT_LIST_DIR}/reliability_tests.cmake)
+include(${CMAKE_CURRENT_LIST_DIR}/data_tests.cmake)
