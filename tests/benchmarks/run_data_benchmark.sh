@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Data-path benchmark (a measurement, not a test): generates ~500x375 JPEGs, then runs
-# bnadapt_bench_data on them and on a tensor file, printing throughput and time ratios.
+# bnadapt_bench_data on them and on a tensor file of 32 px samples (a fast forward, so the
+# loader's cost shows), printing throughput and time ratios.
 #
 #   tests/benchmarks/run_data_benchmark.sh [BUILD_DIR] [WORK_DIR]
 #
 # BUILD_DIR (default build/) must hold bnadapt_bench_data and the test fixtures (run the tests
 # once, or `ctest -R fixtures`). Env: BATCHES (default 12), BATCH_SIZE (16), THREADS (1),
-# DATA_THREADS (1), IMAGES (256).
+# DATA_THREADS (1), IMAGES (256), REPEAT (3), TENSOR_SAMPLES (4096).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 build=${1:-$here/../../build}
@@ -30,7 +31,12 @@ for i in range(n):
     Image.fromarray(img.permute(1, 2, 0).to(torch.uint8).numpy()).save(
         os.path.join(d, f"{i:05d}.jpg"), quality=90)
 PY
+[ -f "$work/tensor.pt" ] || "$python" -c "
+import sys, torch
+torch.manual_seed(0)
+torch.save(torch.randn(int(sys.argv[2]), 3, 32, 32), sys.argv[1])
+" "$work/tensor.pt" "${TENSOR_SAMPLES:-4096}"
 "$build/bnadapt_bench_data" --model "$build/fixtures/resnet_scripted.pt" \
-  --images "$work/jpegs" --tensor "$build/fixtures/data_img32.pt" \
+  --images "$work/jpegs" --tensor "$work/tensor.pt" --repeat "${REPEAT:-3}" \
   --batch-size "${BATCH_SIZE:-16}" --batches "${BATCHES:-12}" \
   --threads "${THREADS:-1}" --data-threads "${DATA_THREADS:-1}"
