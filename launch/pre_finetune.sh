@@ -61,6 +61,8 @@ shift
 
 echo "$me: adapting BN statistics on $np ranks: $ckpt_in -> $ckpt_out"
 set +e
+# A pipeline stage may run again (a restarted job): its own earlier OUT is replaced.
+tool+=(--overwrite)
 if [ "${BNADAPT_LAUNCH:-local}" = srun ]; then
   srun --mpi=pmix --ntasks="$np" "${BNADAPT:-$here/../build/bnadapt_dist}" "${tool[@]}"
 else

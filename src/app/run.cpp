@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <functional>
 #include <thread>
 
@@ -224,6 +225,13 @@ void checkOutputPaths(const config::Settings& st) {
                 "'");
     }
     io::checkWritable(path);
+    // In place, the checkpoint and its sidecar replace the input's by design.
+    const bool replaces_input =
+        st.in_place && std::string(flag).rfind("--checkpoint-output", 0) == 0;
+    const bool exists = std::filesystem::exists(std::filesystem::symlink_status(path));
+    BNA_CHECK(st.overwrite || replaces_input || !exists, ExitCode::kOutput, flag,
+              " '", path, "' exists; pass --overwrite to replace it (the new file is written "
+              "beside it and renamed over it only when every rank succeeded)");
   }
 }
 

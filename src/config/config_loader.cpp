@@ -67,9 +67,76 @@ std::string joinQuoted(const std::vector<std::string>& items, const std::string&
   return out;
 }
 
-std::string shorten(const std::string& s) {
-  if (s.size() <= kMaxShown) return s;
-  return s.substr(0, kMaxShown) + "...";
+// Length of the UTF-8 sequence starting at s[i] (2 to 4), or 0 when s[i] does not start a
+// well-formed one (RFC 3629: no overlong forms, no surrogates, nothing above U+10FFFF).
+std::size_t utf8Length(const std::string& s, std::size_t i) {
+  const auto byte = [&s](std::size_t k) { return static_cast<unsigned char>(s[k]); };
+  const unsigned char c = byte(i);
+  std::size_t n = 0;
+  unsigned char lo = 0x80, hi = 0xBF;  // allowed range of the second byte
+  if (c >= 0xC2 && c <= 0xDF) {
+    n = 2;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    n = 3;
+    if (c == 0xE0) lo = 0xA0;
+    if (c == 0xED) hi = 0x9F;
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    n = 4;
+    if (c == 0xF0) lo = 0x90;
+    if (c == 0xF4) hi = 0x8F;
+  } else {
+    return 0;
+  }
+  if (i + n > s.size() || byte(i + 1) < lo || byte(i + 1) > hi) return 0;
+  for (std::size_t k = 2; k < n; ++k) {
+    if (byte(i + k) < 0x80 || byte(i + k) > 0xBF) return 0;
+  }
+  return n;
+}
+
+// `s` made safe for one line of a message, at most about `max` bytes of it shown ("..." after
+// a cut): control characters and DEL become \n, \t, \r or \u00XX, U+0085, U+2028 and U+2029
+// (line breaks to some readers) \uXXXX, bytes that are not UTF-8 \xXX. Config text is
+// hostile input: a key may hold a newline, a NUL or megabytes, and a message echoes it.
+std::string shorten(const std::string& s, std::size_t max = kMaxShown) {
+  static const char* const kHex = "0123456789abcdef";
+  std::string out;
+  std::size_t shown = 0;  // bytes of `s` consumed
+  for (std::size_t i = 0; i < s.size(); i += shown) {
+    if (out.size() >= max) return out + "...";
+    const auto c = static_cast<unsigned char>(s[i]);
+    shown = 1;
+    if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (c == '\r') {
+      out += "\\r";
+    } else if (c < 0x20 || c == 0x7F) {
+      out += "\\u00";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    } else if (c < 0x80) {
+      out += static_cast<char>(c);
+    } else if ((shown = utf8Length(s, i)) == 0) {
+      shown = 1;
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    } else {
+      const std::string seq = s.substr(i, shown);
+      if (seq == "\xC2\x85") {
+        out += "\\u0085";
+      } else if (seq == "\xE2\x80\xA8") {
+        out += "\\u2028";
+      } else if (seq == "\xE2\x80\xA9") {
+        out += "\\u2029";
+      } else {
+        out += seq;
+      }
+    }
+  }
+  return out;
 }
 
 // "string \"64\"", "number 64.5", "boolean true", "null", "object", "array".
@@ -88,22 +155,30 @@ std::string describe(const Json& v) {
   }
 }
 
+// JSON paths are for messages: keys are shown as shorten() shows them.
 std::string child(const std::string& path, const std::string& key) {
-  return path.empty() ? key : path + "." + key;
+  return path.empty() ? shorten(key) : path + "." + shorten(key);
 }
 
 std::string element(const std::string& path, std::size_t index) {
   return path + "[" + std::to_string(index) + "]";
 }
 
-// Strips nlohmann's "[json.exception.parse_error.101] " prefix.
-std::string jsonMessage(const std::string& what) {
+// nlohmann's message without its "[json.exception.parse_error.101] " prefix, made printable.
+// The message quotes the token being read ("last read: '...'"), which can be megabytes of
+// the file: a long `last_token` is cut to its end, where the offending character is.
+std::string jsonMessage(const std::string& what, const std::string& last_token = "") {
   const std::string prefix = "[json.exception.";
+  std::string message = what;
   if (what.compare(0, prefix.size(), prefix) == 0) {
     const auto end = what.find("] ");
-    if (end != std::string::npos) return what.substr(end + 2);
+    if (end != std::string::npos) message = what.substr(end + 2);
   }
-  return what;
+  const std::size_t at = last_token.size() > kMaxShown ? message.find(last_token) : std::string::npos;
+  if (at != std::string::npos) {
+    message.replace(at, last_token.size(), "..." + last_token.substr(last_token.size() - kMaxShown));
+  }
+  return shorten(message, 400);  // nlohmann's own text is shorter
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -118,10 +193,13 @@ std::string readConfigText(const std::string& path) {
   }
   BNA_CHECK(!fs::is_directory(st), ExitCode::kUsage, path,
             ": cannot read config file: it is a directory");
+  const auto too_big = [&path](std::uintmax_t size) {
+    fail(ExitCode::kUsage, path, ": config file is ", size, " bytes; at most ", kMaxConfigBytes,
+         " are allowed");
+  };
   if (fs::is_regular_file(st)) {
     const std::uintmax_t size = fs::file_size(path, ec);
-    BNA_CHECK(ec || size <= kMaxConfigBytes, ExitCode::kUsage, path, ": config file is ", size,
-              " bytes; at most ", kMaxConfigBytes, " are allowed");
+    if (!ec && size > kMaxConfigBytes) too_big(size);
   }
   std::ifstream in(path, std::ios::binary);
   if (!in) {
@@ -129,31 +207,39 @@ std::string readConfigText(const std::string& path) {
     fail(ExitCode::kUsage, path,
          ": cannot read config file: ", err != 0 ? std::strerror(err) : "open failed");
   }
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // Bounded also where the size is unknown (a pipe, /dev/zero) or grows while we read.
+  std::string text;
+  std::vector<char> chunk(std::size_t{1} << 16);
+  while (in && text.size() <= kMaxConfigBytes) {
+    in.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+    text.append(chunk.data(), static_cast<std::size_t>(in.gcount()));
+  }
   BNA_CHECK(!in.bad(), ExitCode::kUsage, path, ": cannot read config file: read error");
+  BNA_CHECK(text.size() <= kMaxConfigBytes, ExitCode::kUsage, path, ": config file is more than ",
+            kMaxConfigBytes, " bytes; at most ", kMaxConfigBytes, " are allowed");
   return text;
 }
 
-// First pass over the text, as a SAX handler: reports syntax errors with their byte position,
-// rejects duplicate keys (naming their JSON path) and nesting deeper than kMaxDepth. It builds
-// nothing, so it is linear in the file size and cannot overflow the stack. (nlohmann's DOM
-// parser with a callback rescans the parent container at every object end, which is quadratic
-// for large arrays of objects; the second pass therefore parses without a callback.)
-class Validator {
+// One pass over the text as a SAX handler that checks what nlohmann's parser does not and
+// builds the document: syntax errors with their byte position, duplicate keys and nesting
+// deeper than kMaxDepth with their JSON path. Values of top-level keys we do not read are
+// checked but not kept (they become null), so megabytes of other NNCF settings cost only the
+// scan. Linear in the size of the text and never recursive. (nlohmann's DOM parser with a
+// callback rescans the parent container at every object end: quadratic for large arrays of
+// objects.)
+class ConfigParser {
  public:
-  explicit Validator(const std::string& file) : file_(file) {}
+  explicit ConfigParser(const std::string& file) : file_(file) {}
 
-  bool null() { return value(); }
-  bool boolean(bool /*unused*/) { return value(); }
-  bool number_integer(Json::number_integer_t /*unused*/) { return value(); }
-  bool number_unsigned(Json::number_unsigned_t /*unused*/) { return value(); }
-  bool number_float(Json::number_float_t /*unused*/, const std::string& /*unused*/) {
-    return value();
-  }
-  bool string(std::string& /*unused*/) { return value(); }
-  bool binary(Json::binary_t& /*unused*/) { return value(); }
-  bool start_object(std::size_t /*unused*/) { return start(true); }
-  bool start_array(std::size_t /*unused*/) { return start(false); }
+  bool null() { return value(nullptr); }
+  bool boolean(bool v) { return value(v); }
+  bool number_integer(Json::number_integer_t v) { return value(v); }
+  bool number_unsigned(Json::number_unsigned_t v) { return value(v); }
+  bool number_float(Json::number_float_t v, const std::string& /*unused*/) { return value(v); }
+  bool string(std::string& v) { return value(std::move(v)); }
+  bool binary(Json::binary_t& /*unused*/) { return value(nullptr); }  // not in JSON text
+  bool start_object(std::size_t /*unused*/) { return start(Json::object()); }
+  bool start_array(std::size_t /*unused*/) { return start(Json::array()); }
   bool end_object() { return end(); }
   bool end_array() { return end(); }
 
@@ -162,76 +248,122 @@ class Validator {
     if (!top.keys.insert(key).second) {
       fail(ExitCode::kUsage, file_, ": duplicate key '", child(parentPath(), key), "'");
     }
-    top.key = key;
+    if (frames_.size() == 1) {  // a top-level key: keep its value only if we read it
+      const auto& used = usedTopLevelKeys();
+      skipping_ = std::find(used.begin(), used.end(), key) == used.end();
+    }
+    if (top.node != nullptr) slot_ = &(*top.node)[key];  // null until its value arrives
+    top.key = std::move(key);
     return true;
   }
 
-  bool parse_error(std::size_t position, const std::string& /*last_token*/,
+  bool parse_error(std::size_t position, const std::string& last_token,
                    const nlohmann::json::exception& ex) {
     fail(ExitCode::kUsage, file_, ": invalid JSON at byte ", position, ": ",
-         jsonMessage(ex.what()));
+         jsonMessage(ex.what(), last_token));
   }
+
+  Json takeRoot() { return std::move(root_); }
 
  private:
   struct Frame {
     bool is_object;
+    Json* node;                            // the container being built; nullptr: skipped
     std::unordered_set<std::string> keys;  // objects: keys seen so far
     std::string key;                       // objects: key of the value being parsed
     std::size_t index;                     // arrays: index of the element being parsed
     std::size_t count;                     // arrays: elements started so far
   };
 
-  bool value() {
-    if (!frames_.empty() && !frames_.back().is_object) {
-      frames_.back().index = frames_.back().count++;
+  // Stores a value in the open container (or as the root); nullptr when it is not kept.
+  Json* place(Json&& v) {
+    if (frames_.empty()) {
+      root_ = std::move(v);
+      return &root_;
     }
+    Frame& top = frames_.back();
+    if (!top.is_object) top.index = top.count++;
+    if (top.node == nullptr || skipping_) return nullptr;
+    if (top.is_object) {
+      *slot_ = std::move(v);
+      return slot_;
+    }
+    top.node->push_back(std::move(v));
+    return &top.node->back();
+  }
+
+  template <typename T>
+  bool value(T&& v) {
+    place(Json(std::forward<T>(v)));
     return true;
   }
 
-  bool start(bool is_object) {
-    BNA_CHECK(frames_.size() < static_cast<std::size_t>(kMaxDepth), ExitCode::kUsage, file_,
-              ": JSON nested deeper than ", kMaxDepth, " levels");
-    value();
-    frames_.push_back(Frame{is_object, {}, {}, 0, 0});
+  bool start(Json&& empty) {
+    if (frames_.size() >= static_cast<std::size_t>(kMaxDepth)) {
+      if (!frames_.empty() && !frames_.back().is_object) frames_.back().index = frames_.back().count;
+      fail(ExitCode::kUsage, file_, ": JSON nested deeper than ", kMaxDepth, " levels at '",
+           shorten(path(frames_.size())), "'");
+    }
+    const bool is_object = empty.is_object();
+    Json* node = place(std::move(empty));
+    // The elements of a top-level array are not kept: only its type matters (an error).
+    if (frames_.empty() && !is_object) node = nullptr;
+    frames_.push_back(Frame{is_object, node, {}, {}, 0, 0});
     return true;
   }
 
   bool end() {
     frames_.pop_back();
+    if (frames_.size() == 1) skipping_ = false;  // the next top-level key decides again
     return true;
   }
 
-  // JSON path of the innermost open container.
-  std::string parentPath() const {
-    std::string path;
-    for (std::size_t i = 0; i + 1 < frames_.size(); ++i) {
+  // JSON path of the value being parsed inside the first `depth` open containers.
+  std::string path(std::size_t depth) const {
+    std::string out;
+    for (std::size_t i = 0; i < depth; ++i) {
       const Frame& f = frames_[i];
-      path = f.is_object ? child(path, f.key) : element(path, f.index);
+      out = f.is_object ? child(out, f.key) : element(out, f.index);
     }
-    return path;
+    return out;
   }
+
+  // JSON path of the innermost open container.
+  std::string parentPath() const { return path(frames_.empty() ? 0 : frames_.size() - 1); }
 
   std::string file_;
   std::vector<Frame> frames_;
+  Json root_;
+  Json* slot_ = nullptr;   // objects: where the value of the last key goes
+  bool skipping_ = false;  // inside the value of a top-level key we do not read
 };
 
 Json parseConfigText(const std::string& text, const std::string& file) {
+  BNA_CHECK(text.size() <= kMaxConfigBytes, ExitCode::kUsage, file, ": config file is ",
+            text.size(), " bytes; at most ", kMaxConfigBytes, " are allowed");
   BNA_CHECK(text.find_first_not_of(" \t\r\n") != std::string::npos, ExitCode::kUsage, file,
             ": config file is empty");
-  Json root;
+  // nlohmann's lexer takes a NUL byte for the end of the input and would ignore the rest.
+  if (const std::size_t nul = text.find('\0'); nul != std::string::npos) {
+    const std::size_t line_start = text.rfind('\n', nul);
+    fail(ExitCode::kUsage, file, ": invalid JSON at byte ", nul + 1, ": NUL byte at line ",
+         std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(nul), '\n') + 1,
+         ", column ", line_start == std::string::npos ? nul + 1 : nul - line_start,
+         " (a config file is UTF-8 text)");
+  }
+  ConfigParser parser(file);
   try {
-    Validator validator(file);
-    Json::sax_parse(text, &validator, nlohmann::json::input_format_t::json, /*strict=*/true,
+    Json::sax_parse(text, &parser, nlohmann::json::input_format_t::json, /*strict=*/true,
                     /*ignore_comments=*/true);
-    root = Json::parse(text, /*cb=*/nullptr, /*allow_exceptions=*/true,
-                       /*ignore_comments=*/true);
-  } catch (const nlohmann::json::exception& e) {
+  } catch (const nlohmann::json::exception& e) {  // not expected: parse errors come above
     fail(ExitCode::kUsage, file, ": invalid JSON: ", jsonMessage(e.what()));
   }
+  Json root = parser.takeRoot();
   BNA_CHECK(root.is_object(), ExitCode::kUsage, file,
             ": the top level must be a JSON object, found ", describe(root));
   return root;
 }
+
 
 // ---------------------------------------------------------------------------------------------
 // The options: one table for the command line and the config's "bnadapt_dist" section.
@@ -297,6 +429,7 @@ const std::vector<Option>& options() {
       {"checkpoint-key", "checkpoint_key", Type::kText, 0, 0,
        "a string such as \"model\" or \"model:module.\""},
       {"in-place", "in_place", Type::kBool},
+      {"overwrite", "overwrite", Type::kBool},
       {"threads", "threads", Type::kUnsigned, 0, kMaxThreads,
        "a non-negative integer at most 65536"},
       {"timeout", "timeout", Type::kUnsigned, 0, kMaxTimeout,
@@ -351,8 +484,8 @@ class ConfigReader {
         out_.batch_size =
             static_cast<int64_t>(readUnsigned(value, key, 1, kMaxBatchSize, kPositiveBatch));
       } else {
-        checkNotNearMiss(key, usedTopLevelKeys(), key);
-        out_.ignored_keys.push_back(key);
+        checkNotNearMiss(key, usedTopLevelKeys(), child("", key));
+        out_.ignored_keys.push_back(child("", key));
       }
     }
     return std::move(out_);
@@ -379,7 +512,7 @@ class ConfigReader {
   void checkNotNearMiss(const std::string& key, const std::vector<std::string>& used,
                         const std::string& path) const {
     for (const std::string& u : used) {
-      if (editDistance(key, u) <= 2) {
+      if (key.size() <= u.size() + 2 && u.size() <= key.size() + 2 && editDistance(key, u) <= 2) {
         fail(ExitCode::kUsage, file_, ": unknown key '", path, "'; did you mean '", u, "'?");
       }
     }
@@ -639,9 +772,9 @@ Value flagValue(const Option& o, const std::string& flag, const std::string& val
   bare.erase(0, bare.find_first_not_of('-'));
   const std::string near = nearestKey(bare, names);
   if (!near.empty()) {
-    fail(ExitCode::kUsage, "unknown option '", flag, "'; did you mean '--", near, "'?");
+    fail(ExitCode::kUsage, "unknown option '", shorten(flag), "'; did you mean '--", near, "'?");
   }
-  fail(ExitCode::kUsage, "unknown option '", flag, "'; valid options: --", [&names] {
+  fail(ExitCode::kUsage, "unknown option '", shorten(flag), "'; valid options: --", [&names] {
     std::string all;
     for (std::size_t i = 0; i < names.size(); ++i) all += (i ? ", --" : "") + names[i];
     return all;
@@ -664,7 +797,9 @@ Values parseFlags(const std::vector<std::string>& args) {
     });
     if (spec == options().end()) unknownOption(flag);
     const std::string key = *spec->key ? spec->key : spec->flag;
-    BNA_CHECK(out.count(key) == 0, ExitCode::kUsage, "option '", flag, "' given more than once");
+    // A switch given twice means the same; a value given twice is ambiguous.
+    BNA_CHECK(out.count(key) == 0 || spec->type == Type::kBool, ExitCode::kUsage, "option '",
+              flag, "' given more than once");
     if (spec->type == Type::kBool) {
       BNA_CHECK(eq == std::string::npos, ExitCode::kUsage, "option '", flag, "' takes no value");
       out[key] = true;
@@ -735,24 +870,24 @@ int64_t pickSamples(const Values& flags, const FileValues& file, const std::stri
 std::size_t editDistance(const std::string& a, const std::string& b) {
   const std::size_t n = a.size();
   const std::size_t m = b.size();
-  // d[i][j]: distance between a[0, i) and b[0, j), rows kept as a flat (n+1) x (m+1) table.
-  std::vector<std::size_t> d((n + 1) * (m + 1));
-  const auto at = [m, &d](std::size_t i, std::size_t j) -> std::size_t& {
-    return d[i * (m + 1) + j];
-  };
-  for (std::size_t i = 0; i <= n; ++i) at(i, 0) = i;
-  for (std::size_t j = 0; j <= m; ++j) at(0, j) = j;
+  // d_i[j]: distance between a[0, i) and b[0, j); three rows (i-2, i-1, i) of the table, so
+  // memory is O(m) even for a key of megabytes.
+  std::vector<std::size_t> before(m + 1), prev(m + 1), cur(m + 1);
+  for (std::size_t j = 0; j <= m; ++j) prev[j] = j;
   for (std::size_t i = 1; i <= n; ++i) {
+    cur[0] = i;
     for (std::size_t j = 1; j <= m; ++j) {
       const std::size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
-      std::size_t best = std::min({at(i - 1, j) + 1, at(i, j - 1) + 1, at(i - 1, j - 1) + cost});
+      std::size_t best = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost});
       if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) {
-        best = std::min(best, at(i - 2, j - 2) + 1);
+        best = std::min(best, before[j - 2] + 1);
       }
-      at(i, j) = best;
+      cur[j] = best;
     }
+    std::swap(before, prev);
+    std::swap(prev, cur);
   }
-  return at(n, m);
+  return prev[m];
 }
 
 std::string nearestKey(const std::string& key, const std::vector<std::string>& candidates) {
@@ -760,6 +895,9 @@ std::string nearestKey(const std::string& key, const std::vector<std::string>& c
   std::string best;
   std::size_t best_distance = std::numeric_limits<std::size_t>::max();
   for (const std::string& c : candidates) {
+    // The distance is at least the difference in length: skip what cannot be within `limit`
+    // (a hostile key of megabytes would otherwise cost seconds per candidate).
+    if (std::max(key.size(), c.size()) - std::min(key.size(), c.size()) > limit) continue;
     const std::size_t d = editDistance(key, c);
     if (d < best_distance) {
       best = c;
@@ -814,6 +952,7 @@ Options (each also as --name=VALUE; options override the config file):
   --checkpoint-key K   which state_dict in the checkpoint: "model" or "model:module."
                        (dict path, then key prefix)                (bnadapt_dist.checkpoint_key)
   --in-place           allow --checkpoint-output to equal --checkpoint (still atomic)
+  --overwrite          replace outputs that exist already (otherwise an error, exit 6)
   --timeout SECONDS    end the job (exit 8) when a rank makes no progress for this long,
                        default 900, 0 = never                      (bnadapt_dist.timeout)
   -h, --help           print this help and exit
@@ -882,6 +1021,7 @@ Settings parseSettings(const std::vector<std::string>& args) {
   s.checkpoint_output_path = text("checkpoint_output");
   s.checkpoint_key = text("checkpoint_key");
   s.in_place = flag("in_place");
+  s.overwrite = flag("overwrite");
   s.timeout_seconds = static_cast<int64_t>(number("timeout", 900));
   BNA_CHECK(s.checkpoint_path.empty() == s.checkpoint_output_path.empty(), ExitCode::kUsage,
             s.checkpoint_path.empty()

@@ -59,6 +59,7 @@ struct Settings {
   std::string checkpoint_output_path;  // --checkpoint-output
   std::string checkpoint_key;          // --checkpoint-key
   bool in_place = false;               // --in-place
+  bool overwrite = false;              // --overwrite: outputs may replace existing files
 
   // From NNCF's compression section: algorithm names, in order ("quantization", ...).
   std::vector<std::string> compression_algorithms;
