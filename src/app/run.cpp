@@ -10,12 +10,17 @@
 #include <thread>
 
 #include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
+#include <torch/cuda.h>
 
 #include "common/log.h"
 #include "app/fault_injection.h"
 #include "app/watchdog.h"
 #include "checkpoint/checkpoint.h"
+#include "comm/cuda_devices.h"
+#include "comm/device_binding.h"
 #include "comm/launch_check.h"
+#include "comm/nccl_communicator.h"
 #include "config/config_loader.h"
 #include "data/dataset.h"
 #include "data/loader.h"
@@ -168,11 +173,13 @@ int evaluate(comm::Communicator& comm, Watchdog& watchdog, model::AdaptableModel
             loader.next(batch);
             for (const auto& why : batch.skipped) log::warn("skipped (evaluation): ", why);
             if (batch.inputs.size(0) == 0) continue;
-            const at::Tensor logits = model.predict(batch.inputs.to(model.inputDtype()));
+            const at::Tensor logits =
+                model.predict(batch.inputs.to(model.device(), model.inputDtype()));
             const int64_t top = batch.labels.max().item<int64_t>();
             BNA_CHECK(top < logits.size(1), ExitCode::kData, "label ", top,
                       " but the model outputs ", logits.size(1), " classes");
-            counts[0] += static_cast<double>(logits.argmax(1).eq(batch.labels).sum().item<int64_t>());
+            const at::Tensor predicted = logits.argmax(1).cpu();
+            counts[0] += static_cast<double>(predicted.eq(batch.labels).sum().item<int64_t>());
             counts[1] += static_cast<double>(batch.inputs.size(0));
           } catch (const Error& e) {
             fail(e.code(), "rank ", comm.rank(), ", evaluation batch ", b, ": ", e.what());
@@ -252,7 +259,7 @@ void logSettings(const config::Settings& st, const comm::Communicator& comm, int
                  int data_threads) {
   log::info0("bnadapt_dist ", BNADAPT_VERSION, ": ", comm.size(), " rank(s), ", threads,
              " intra-op and ", data_threads,
-             " data thread(s) per rank, device cpu, backend mpi");
+             " data thread(s) per rank");
   if (!st.config_path.empty()) log::info0("config: ", st.config_path);
   log::info0("model: ", st.model_path);
   log::info0("data: ", st.data_path);
@@ -273,6 +280,73 @@ void logSettings(const config::Settings& st, const comm::Communicator& comm, int
     for (const auto& k : st.ignored_keys) keys += (keys.empty() ? "" : ", ") + k;
     log::info0("config keys not used by bnadapt_dist: ", keys);
   }
+}
+
+// Where this rank computes and how the ranks all-reduce.
+struct Placement {
+  comm::DeviceChoice device;
+  comm::Backend backend = comm::Backend::kMpi;
+  c10::Device torch_device = c10::Device(c10::kCPU);
+  std::string uuid;  // the GPU's, for the log
+};
+
+// Chooses the device (local rank -> GPU) and backend on every rank, checks that all ranks
+// chose the same kind and that no two share a GPU unless allowed. Collective; returns 0 or
+// the exit code every rank returns.
+int choosePlacement(const config::Settings& st, comm::Communicator& comm, Watchdog& watchdog,
+                    Placement& out) {
+  if (int code = agreedPhase(comm, &watchdog, "choosing the device", [&] {
+        std::string reason;
+        int count = -1;
+        const bool torch_cuda = torch::cuda::is_available();
+        if (st.device != "cpu") {
+          if (torch_cuda) {
+            count = static_cast<int>(torch::cuda::device_count());
+          } else if (comm::kBuildHasCuda && comm::cudaDeviceCountOrReason(reason) > 0) {
+            reason = "this LibTorch has no CUDA (Debian's is CPU-only): build against a CUDA "
+                     "LibTorch, see README 'GPU clusters'";
+          } else if (reason.empty()) {
+            reason = "this LibTorch has no CUDA (Debian's is CPU-only)";
+          }
+        }
+        out.device = comm::chooseDevice(st.device, comm.localRank(), comm.localSize(), count,
+                                        reason, comm::processEnv("CUDA_VISIBLE_DEVICES"),
+                                        st.allow_gpu_sharing, torch_cuda);
+        out.backend = comm::chooseBackend(st.backend, out.device.kind, comm::kBuildHasNccl,
+                                          out.device.shared);
+        if (out.device.kind == comm::DeviceChoice::kCuda) {
+          out.torch_device = c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(out.device.device));
+          if (comm::kBuildHasCuda) out.uuid = comm::cudaDeviceUuid(out.device.device);
+          // TF32 would put convolutions 1e-3 away from the CPU's results.
+          at::globalContext().setAllowTF32CuBLAS(false);
+          at::globalContext().setAllowTF32CuDNN(false);
+        }
+      })) {
+    return code;
+  }
+  // Every rank the same kind and backend (auto can differ between hosts), no GPU twice.
+  std::vector<int64_t> kinds = {out.device.kind, -out.device.kind,
+                                static_cast<int64_t>(out.backend), -static_cast<int64_t>(out.backend)};
+  comm.allreduceMax(kinds);
+  if (kinds[0] != -kinds[1] || kinds[2] != -kinds[3]) {
+    if (comm.rank() == 0) {
+      log::error("ranks chose different devices or backends (--device ", st.device, ", --backend ",
+                 st.backend, "): some hosts have a usable GPU and some do not; pass --device ",
+                 "and --backend explicitly");
+    }
+    return static_cast<int>(ExitCode::kUsage);
+  }
+  const std::string shared = comm::checkDistinctDevices(
+      comm, out.device.kind == comm::DeviceChoice::kCuda ? out.uuid + "@" + comm.hostname() : "",
+      st.allow_gpu_sharing);
+  if (!shared.empty()) {
+    if (comm.rank() == 0) log::error(shared);
+    return static_cast<int>(ExitCode::kUsage);
+  }
+  log::info("local rank ", comm.localRank(), "/", comm.localSize(), ": ",
+            comm::deviceName(out.device), out.uuid.empty() ? "" : " " + out.uuid, " (",
+            out.device.reason, "), backend ", comm::backendName(out.backend));
+  return 0;
 }
 
 }  // namespace
@@ -299,10 +373,31 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
                " (--timeout ", st.timeout_seconds, "); ending the job");
     std::_Exit(static_cast<int>(ExitCode::kTimeout));
   });
+  Placement place;
+  if (int code = choosePlacement(st, comm, watchdog, place)) return static_cast<ExitCode>(code);
+  const bool on_gpu = place.device.kind == comm::DeviceChoice::kCuda;
   data::LoaderOptions loading;
   loading.threads = data_threads;
   loading.prefetch_batches = st.prefetch_batches;
   loading.skip_corrupt = st.skip_corrupt;
+  loading.pin_memory = on_gpu;  // page-locked batches: non-blocking copies to the GPU
+  // Activations in bf16 where the device supports it; observed sums stay float64.
+  const bool bf16 = st.autocast == "bf16";
+  if (bf16) {
+    if (on_gpu) {
+      at::autocast::set_enabled(true);
+      at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+    } else {
+      at::autocast::set_cpu_enabled(true);
+      at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+    }
+  }
+  // The batch as the model takes it: dtype, device (non-blocking from pinned memory), layout.
+  auto toModel = [&](const at::Tensor& x, at::ScalarType dtype) {
+    at::Tensor y = x.to(place.torch_device, dtype, /*non_blocking=*/on_gpu);
+    if (st.channels_last && y.dim() == 4) y = y.contiguous(at::MemoryFormat::ChannelsLast);
+    return y;
+  };
 
   // 1. Setup: model (two copies), data, the global batch plan, the evaluation data.
   std::unique_ptr<model::AdaptableModel> model;
@@ -316,6 +411,7 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
         maybeInjectFault("setup", rank);
         if (rank == 0) checkOutputPaths(st);
         model = std::make_unique<model::AdaptableModel>(st.model_path);
+        model->moveTo(place.torch_device, st.channels_last);
         if (rank == 0 && !st.checkpoint_path.empty()) {  // checked now, patched at the end
           ckpt = checkpoint::openCheckpoint(st.checkpoint_path);
           ckpt->plan(expectedBuffers(*model), st.checkpoint_key);
@@ -368,6 +464,19 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
                              [&] { checkSameAsRankZero(comm, lines, rank0_lines); })) {
     return static_cast<ExitCode>(code);
   }
+  // The all-reduce of the statistics: NCCL on the GPUs, or MPI. Agreement stays on MPI.
+  std::unique_ptr<comm::Communicator> nccl;
+#if BNADAPT_WITH_NCCL
+  if (place.backend == comm::Backend::kNccl) {
+    if (int code = agreedPhase(comm, &watchdog, "starting NCCL", [&] {
+          nccl = std::make_unique<comm::NcclCommunicator>(
+              comm, place.device.device, static_cast<double>(st.timeout_seconds));
+        })) {
+      return static_cast<ExitCode>(code);
+    }
+  }
+#endif
+  comm::Communicator& reducer = nccl ? *nccl : comm;
   const double setup_seconds = secondsSince(t_start);
 
   report::RunSummary run;
@@ -397,7 +506,7 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
         me.skipped += static_cast<int64_t>(batch.skipped.size());
         me.samples += batch.inputs.size(0);
         if (batch.inputs.size(0) > 0) {
-          model->calibrate(batch.inputs.to(model->inputDtype()), acc);
+          model->calibrate(toModel(batch.inputs, model->inputDtype()), acc);
           ++me.batches;
         }
       } catch (const Error& e) {
@@ -413,6 +522,15 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
   const double forward_seconds = secondsSince(t_forward);
   me.forward_seconds = forward_seconds;
   me.peak_rss_mib = peakRssMiB();
+  if (on_gpu) {  // the per-batch non-finite check would synchronise the GPU: check once here
+    code = agreedPhase(comm, &watchdog, "checking the statistics", [&] {
+      const int64_t bad = acc.firstNonFiniteLayer();
+      BNA_CHECK(bad < 0, ExitCode::kData, "rank ", rank, ": layer '",
+                model->layers()[static_cast<size_t>(std::max<int64_t>(bad, 0))].name,
+                "': non-finite activations in this rank's batches; nothing written");
+    });
+    if (code) return static_cast<ExitCode>(code);
+  }
 
   // 4. One all-reduce: the statistics plus, per rank, what it did (report::RankInfo).
   const auto t_reduce = std::chrono::steady_clock::now();
@@ -429,7 +547,7 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
   slot[5] = me.peak_rss_mib;
   watchdog.enter("the all-reduce of the statistics");
   maybeInjectFault("allreduce", rank);
-  comm.allreduceSum(buffer);
+  reducer.allreduceSum(buffer);
   for (int r = 0; r < world; ++r) {
     const double* s = buffer.data() + stats_size + kSlot * static_cast<size_t>(r);
     run.ranks.push_back({static_cast<int64_t>(s[0]), static_cast<int64_t>(s[1]),
@@ -446,6 +564,11 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
   run.world_size = world;
   run.threads_per_rank = threads;
   run.data_threads_per_rank = data_threads;
+  run.device = comm::deviceName(place.device);
+  run.backend = comm::backendName(place.backend);
+  run.precision = std::string(c10::toString(model->inputDtype())) +
+                  (bf16 ? " with bf16 autocast" : "") +
+                  (st.channels_last ? ", channels-last" : "") + "; sums in float64";
   run.plan = plan;
   run.layers = &model->layers();
   run.skipped = &model->skipped();
@@ -537,6 +660,9 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
     for (const auto& line : report::summaryLines(run)) log::info(line);
     for (const auto& file : staged) log::info("wrote ", file.path());
   });
+#if BNADAPT_WITH_NCCL
+  if (nccl && code == 0) static_cast<comm::NcclCommunicator&>(*nccl).destroy();
+#endif
   return static_cast<ExitCode>(code);
 }
 

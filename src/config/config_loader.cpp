@@ -95,9 +95,10 @@ std::size_t utf8Length(const std::string& s, std::size_t i) {
 }
 
 // `s` made safe for one line of a message, at most about `max` bytes of it shown ("..." after
-// a cut): control characters and DEL become \n, \t, \r or \u00XX, U+0085, U+2028 and U+2029
-// (line breaks to some readers) \uXXXX, bytes that are not UTF-8 \xXX. Config text is
-// hostile input: a key may hold a newline, a NUL or megabytes, and a message echoes it.
+// a cut): control characters and DEL become \n, \t, \r or \u00XX; U+0085, U+2028 and U+2029
+// (line breaks to some readers) and U+FEFF (invisible) \uXXXX; bytes that are not UTF-8 \xXX.
+// Config text is hostile input: a key may hold a newline, a NUL or megabytes, and a message
+// echoes it.
 std::string shorten(const std::string& s, std::size_t max = kMaxShown) {
   static const char* const kHex = "0123456789abcdef";
   std::string out;
@@ -131,6 +132,8 @@ std::string shorten(const std::string& s, std::size_t max = kMaxShown) {
         out += "\\u2028";
       } else if (seq == "\xE2\x80\xA9") {
         out += "\\u2029";
+      } else if (seq == "\xEF\xBB\xBF") {
+        out += "\\ufeff";
       } else {
         out += seq;
       }
@@ -430,6 +433,11 @@ const std::vector<Option>& options() {
        "a string such as \"model\" or \"model:module.\""},
       {"in-place", "in_place", Type::kBool},
       {"overwrite", "overwrite", Type::kBool},
+      {"device", "device", Type::kChoice, 0, 0, "", {"auto", "cpu", "cuda"}},
+      {"backend", "backend", Type::kChoice, 0, 0, "", {"auto", "nccl", "mpi"}},
+      {"allow-gpu-sharing", "allow_gpu_sharing", Type::kBool},
+      {"channels-last", "channels_last", Type::kBool},
+      {"autocast", "autocast", Type::kChoice, 0, 0, "", {"off", "bf16"}},
       {"threads", "threads", Type::kUnsigned, 0, kMaxThreads,
        "a non-negative integer at most 65536"},
       {"timeout", "timeout", Type::kUnsigned, 0, kMaxTimeout,
@@ -623,10 +631,15 @@ class ConfigReader {
       }
       const std::string expected = "an array of at least 2 positive integers";
       if (!value.is_array() || value.size() < 2) typeError(p, expected, value);
+      uint64_t numel = 1;  // per sample, at most kMaxDim: no size computation can overflow
       for (std::size_t i = 0; i < value.size(); ++i) {
         const uint64_t dim = readUnsigned(value[i], element(p, i), 1, kMaxDim,
                                           "a positive integer at most 2147483647");
-        if (i > 0) out_.sample_shape.push_back(static_cast<int64_t>(dim));
+        if (i == 0) continue;  // the batch dimension
+        numel = dim > kMaxDim / numel ? kMaxDim + 1 : numel * dim;
+        BNA_CHECK(numel <= kMaxDim, ExitCode::kUsage, file_, ": ", p, ": ", shorten(value.dump()),
+                  " makes samples of more than 2147483647 values");
+        out_.sample_shape.push_back(static_cast<int64_t>(dim));
       }
       have_size = true;
     }
@@ -945,6 +958,13 @@ Options (each also as --name=VALUE; options override the config file):
   --stats-output PATH  write the BatchNorm buffers alone
   --report PATH        write a JSON report
   --threads N          intra-op threads per rank; 0 (default) = cores / local ranks
+  --device D           auto (default: a CUDA GPU when this build and LibTorch have CUDA and
+                       one is visible, else the CPU), cpu, cuda
+  --backend B          all-reduce: auto (NCCL on CUDA when built with it, else MPI), nccl, mpi
+  --allow-gpu-sharing  let more local ranks than GPUs share them (default: an error)
+  --channels-last      channels-last layout for 4-d weights and inputs (faster convolutions)
+  --autocast P         off (default: the model's precision) or bf16 (faster, less precise
+                       activations; statistics still accumulate in float64)
   --checkpoint IN      a training checkpoint (torch.save zip or .safetensors) to receive the
                        new BN buffers                              (bnadapt_dist.checkpoint)
   --checkpoint-output OUT  where the patched checkpoint goes, with OUT.sha256
@@ -965,17 +985,23 @@ Exit codes: 0 ok, 1 internal, 2 usage, 3 data, 4 model, 5 communication, 6 outpu
 )";
 }
 
-Settings parseSettings(const std::vector<std::string>& args) {
-  for (const std::string& arg : args) {
-    if (arg == "--help" || arg == "-h") throw HelpRequested();
-  }
-  const Values flags = parseFlags(args);
+namespace {
 
+// The command line name of the option with config key `key`.
+std::string flagOf(const std::string& key) {
+  for (const Option& o : options()) {
+    if (key == o.key) return o.flag;
+  }
+  return key;
+}
+
+// parseSettings() once the flags are parsed; `config_text` is the text of the --config file.
+Settings settingsFrom(const Values& flags, const std::optional<std::string>& config_text) {
   Settings s;
   FileValues file;
   s.config_path = pick<std::string>(flags, {}, "config", "");
-  if (!s.config_path.empty()) {
-    const Json root = parseConfigText(readConfigText(s.config_path), s.config_path);
+  if (config_text) {
+    const Json root = parseConfigText(*config_text, s.config_path);
     file = ConfigReader(s.config_path).read(root);
   }
   const Values& sec = file.section;
@@ -1017,29 +1043,69 @@ Settings parseSettings(const std::vector<std::string>& args) {
   s.stats_output_path = text("stats_output");
   s.report_path = text("report");
   s.threads = static_cast<int>(number("threads", 0));
+  s.device = pick<std::string>(flags, sec, "device", "auto");
+  s.backend = pick<std::string>(flags, sec, "backend", "auto");
+  s.allow_gpu_sharing = flag("allow_gpu_sharing");
+  s.channels_last = flag("channels_last");
+  s.autocast = pick<std::string>(flags, sec, "autocast", "off");
   s.checkpoint_path = text("checkpoint");
   s.checkpoint_output_path = text("checkpoint_output");
   s.checkpoint_key = text("checkpoint_key");
   s.in_place = flag("in_place");
   s.overwrite = flag("overwrite");
   s.timeout_seconds = static_cast<int64_t>(number("timeout", 900));
+  // Options that need each other. A message starts with the option that is set: "--flag"
+  // when the command line set it, else the config file and the key's JSON path.
+  const auto named = [&](const std::string& key) {
+    return flags.count(key) ? "--" + flagOf(key) : s.config_path + ": " + kSection + "." + key;
+  };
+  const auto missing = [&](const std::string& key, const std::string& metavar) {
+    return "--" + flagOf(key) + (metavar.empty() ? "" : " " + metavar) +
+           (s.config_path.empty() ? "" : std::string(" or ") + kSection + "." + key);
+  };
   BNA_CHECK(s.checkpoint_path.empty() == s.checkpoint_output_path.empty(), ExitCode::kUsage,
             s.checkpoint_path.empty()
-                ? "--checkpoint-output needs --checkpoint IN (the checkpoint to patch)"
-                : "--checkpoint needs --checkpoint-output OUT (where the patched copy goes)");
-  BNA_CHECK(!s.in_place || !s.checkpoint_path.empty(), ExitCode::kUsage,
-            "--in-place applies to --checkpoint, which is not given");
+                ? named("checkpoint_output") + " needs " + missing("checkpoint", "IN") +
+                      " (the checkpoint to patch)"
+                : named("checkpoint") + " needs " + missing("checkpoint_output", "OUT") +
+                      " (where the patched copy goes)");
+  BNA_CHECK(!s.in_place || !s.checkpoint_path.empty(), ExitCode::kUsage, named("in_place"),
+            " applies to ", missing("checkpoint", ""), ", which is not given");
   BNA_CHECK(s.eval || (s.eval_data_path.empty() && s.eval_samples == 0), ExitCode::kUsage,
-            s.eval_data_path.empty() ? "--eval-samples" : "--eval-data",
-            " applies to --eval, which is not given");
-  BNA_CHECK(!s.eval || !s.eval_data_path.empty(), ExitCode::kUsage,
-            "--eval needs --eval-data PATH: labelled data (class folders, IDX labels or a "
-            "tensor file with \"labels\") to measure top-1 on");
+            named(s.eval_data_path.empty() ? "eval_samples" : "eval_data"), " applies to ",
+            missing("eval", ""), ", which is not given");
+  BNA_CHECK(!s.eval || !s.eval_data_path.empty(), ExitCode::kUsage, named("eval"), " needs ",
+            missing("eval_data", "PATH"),
+            ": labelled data (class folders, IDX labels or a tensor file with \"labels\") to "
+            "measure top-1 on");
   BNA_CHECK(s.skip_corrupt || !given(flags, sec, "max_skip_fraction"), ExitCode::kUsage,
-            "--max-skip-fraction applies to --skip-corrupt, which is not given");
+            named("max_skip_fraction"), " applies to ", missing("skip_corrupt", ""),
+            ", which is not given");
   s.compression_algorithms = std::move(file.algorithms);
   s.ignored_keys = std::move(file.ignored_keys);
   return s;
+}
+
+}  // namespace
+
+Settings parseSettings(const std::vector<std::string>& args) {
+  for (const std::string& arg : args) {
+    if (arg == "--help" || arg == "-h") throw HelpRequested();
+  }
+  const Values flags = parseFlags(args);
+  const std::string config = pick<std::string>(flags, {}, "config", "");
+  return settingsFrom(flags, config.empty() ? std::nullopt
+                                            : std::optional<std::string>(readConfigText(config)));
+}
+
+Settings parseSettingsFromText(const std::string& config_text,
+                               const std::vector<std::string>& args) {
+  for (const std::string& arg : args) {
+    if (arg == "--help" || arg == "-h") throw HelpRequested();
+  }
+  Values flags = parseFlags(args);
+  if (flags.count("config") == 0) flags["config"] = std::string("<config>");
+  return settingsFrom(flags, config_text);
 }
 
 }  // namespace bnadapt::config

@@ -28,6 +28,13 @@ class HelpRequested : public std::exception {
 // Throws HelpRequested for --help/-h, bnadapt::Error(ExitCode::kUsage, ...) for any problem.
 Settings parseSettings(const std::vector<std::string>& args);
 
+// For tests and fuzzing (tests/fuzz/fuzz_config.cpp): parseSettings(args) with `config_text`
+// as the config file's contents, touching no file. `args` may name the file with
+// --config NAME (for messages and relative paths; never opened); without it the text is
+// named "<config>".
+Settings parseSettingsFromText(const std::string& config_text,
+                               const std::vector<std::string>& args);
+
 // The --help text (several lines, ends with a newline).
 std::string usage();
 

@@ -49,6 +49,11 @@ struct Settings {
   std::string report_path;        // --report: JSON report
 
   int threads = 0;  // --threads; 0 = cores / local ranks
+  std::string device = "auto";   // --device: auto, cpu, cuda
+  std::string backend = "auto";  // --backend: auto, nccl, mpi
+  bool allow_gpu_sharing = false;  // --allow-gpu-sharing
+  bool channels_last = false;    // --channels-last
+  std::string autocast = "off";  // --autocast: off, bf16
   // --timeout: seconds without progress (a finished batch, a new phase) before every rank
   // ends the job with exit code 8; 0 disables.
   int64_t timeout_seconds = 900;

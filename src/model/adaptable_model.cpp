@@ -1,6 +1,7 @@
 #include "model/adaptable_model.h"
 
 #include <iomanip>
+#include <fstream>
 #include <mutex>
 #include <regex>
 #include <sstream>
@@ -240,10 +241,30 @@ std::vector<std::string> AdaptableModel::describeLayers() const {
   return lines;
 }
 
+void AdaptableModel::moveTo(const c10::Device& device, bool channels_last) {
+  torch::NoGradGuard no_grad;
+  try {
+    // Module::to moves each tensor with set_data: the running_mean keys stay valid.
+    if (device != device_) {
+      calib_.to(device);
+      output_.to(device);
+      device_ = device;
+    }
+    if (channels_last) {
+      for (const auto& p : calib_.parameters(/*recurse=*/true)) {
+        if (p.dim() == 4) p.set_data(p.contiguous(at::MemoryFormat::ChannelsLast));
+      }
+    }
+  } catch (const c10::Error& e) {
+    fail(ExitCode::kModel, "model '", path_, "' cannot be moved to ", device.str(), ": ",
+         summarizeTorchError(e));
+  }
+}
+
 stats::StatsAccumulator AdaptableModel::makeAccumulator() const {
   std::vector<std::vector<double>> shifts;
   for (const BnLayer& l : layers_) shifts.push_back(l.old_mean);
-  return stats::StatsAccumulator(std::move(shifts));
+  return stats::StatsAccumulator(std::move(shifts), device_);
 }
 
 void AdaptableModel::calibrate(const at::Tensor& batch, stats::StatsAccumulator& acc) {
@@ -316,7 +337,7 @@ std::vector<std::pair<std::string, at::Tensor>> AdaptableModel::buffers(size_t l
   for (const std::string& name : names) {  // a state_dict lists a shared module per path
     const std::string prefix = name.empty() ? "" : name + ".";
     for (const char* b : {"running_mean", "running_var", "num_batches_tracked"}) {
-      if (isTensorAttr(m, b)) out.emplace_back(prefix + b, m.attr(b).toTensor());
+      if (isTensorAttr(m, b)) out.emplace_back(prefix + b, m.attr(b).toTensor().cpu());
     }
   }
   return out;
@@ -324,7 +345,18 @@ std::vector<std::pair<std::string, at::Tensor>> AdaptableModel::buffers(size_t l
 
 void AdaptableModel::save(const std::string& path) const {
   try {
-    output_.save(path);
+    if (!device_.is_cpu()) {  // saved tensors load where they were saved: the CPU
+      torch::jit::Module copy = output_;  // a handle: moving it moves the output copy
+      copy.to(c10::Device(c10::kCPU));
+    }
+    // Through a stream: the archive's folder is then always "archive", not the (temp)
+    // file's name, so the same statistics give the same bytes on every run.
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    BNA_CHECK(out.good(), ExitCode::kOutput, "cannot open '", path, "' to save the model");
+    output_.save(out);
+    out.flush();
+    BNA_CHECK(out.good(), ExitCode::kOutput, "cannot write the model to '", path,
+              "' (disk full?)");
   } catch (const c10::Error& e) {
     fail(ExitCode::kOutput, "cannot save model to '", path, "': ", summarizeTorchError(e));
   }

@@ -64,7 +64,14 @@ class AdaptableModel {
   // The floating dtype the model's parameters use (float32 when it has none).
   at::ScalarType inputDtype() const { return input_dtype_; }
 
-  // A StatsAccumulator laid out for these layers, shifted by the old running means.
+  // Moves both copies to `device` (a CUDA device, or the CPU). With channels_last, the
+  // calibration copy's 4-d weights take the channels-last layout (faster convolutions on
+  // some devices); the output copy keeps the file's layout. Before the first calibrate().
+  void moveTo(const c10::Device& device, bool channels_last);
+  const c10::Device& device() const { return device_; }
+
+  // A StatsAccumulator laid out for these layers, shifted by the old running means, on
+  // the model's device.
   stats::StatsAccumulator makeAccumulator() const;
 
   // Forwards one batch through the calibration copy; every BN input goes to `acc`.
@@ -80,10 +87,10 @@ class AdaptableModel {
   // num_batches_tracked.
   void setStatistics(size_t layer, const std::vector<double>& mean,
                      const std::vector<double>& var, int64_t batches);
-  // The output copy's buffers of `layer`, as they are now.
+  // The output copy's buffers of `layer`, as they are now, on the CPU.
   std::vector<std::pair<std::string, at::Tensor>> buffers(size_t layer) const;
 
-  // Saves the output copy (TorchScript archive) to `path`.
+  // Saves the output copy (TorchScript archive, CPU tensors) to `path`.
   void save(const std::string& path) const;
 
  private:
@@ -99,6 +106,7 @@ class AdaptableModel {
   std::unordered_map<const c10::TensorImpl*, size_t> keys_;
   std::vector<std::string> inlined_;
   at::ScalarType input_dtype_ = at::kFloat;
+  c10::Device device_ = c10::Device(c10::kCPU);
   uint64_t content_hash_ = 0;
 };
 

@@ -39,8 +39,9 @@ nlohmann::json buildReport(const RunSummary& run) {
   j["data_threads_per_rank"] = run.data_threads_per_rank;
   j["data_order"] = st.shuffle ? "shuffled (seed " + std::to_string(st.seed) + ")" : "as stored";
   j["estimator"] = config::weightingName(st.weighting);
-  j["device"] = "cpu";
-  j["backend"] = "mpi";
+  j["device"] = run.device;
+  j["backend"] = run.backend;
+  j["precision"] = run.precision;
   j["compression_algorithms"] = st.compression_algorithms;
   j["samples"] = {{"requested", run.plan.requested},
                   {"rounded", run.plan.rounded},

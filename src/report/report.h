@@ -40,6 +40,9 @@ struct RunSummary {
   int world_size = 1;
   int threads_per_rank = 1;
   int data_threads_per_rank = 1;
+  std::string device = "cpu";   // "cpu", "cuda:0" (rank 0's)
+  std::string backend = "mpi";  // of the all-reduce
+  std::string precision;        // the forward's: dtype, autocast, layout
   data::BatchPlan plan;
   std::vector<RankInfo> ranks;
   int64_t skipped_samples = 0;  // over all ranks

@@ -11,17 +11,43 @@ constexpr size_t kHeader = 2;  // count, batches
 constexpr size_t kArrays = 4;  // S1, S2, BM, BE2
 }  // namespace
 
-StatsAccumulator::StatsAccumulator(std::vector<std::vector<double>> shifts)
+StatsAccumulator::StatsAccumulator(std::vector<std::vector<double>> shifts, c10::Device device)
     : shifts_(std::move(shifts)) {
   size_t offset = 0;
   for (auto& shift : shifts_) {
     for (double& k : shift) {
       if (!std::isfinite(k)) k = 0.0;
     }
+    shift_tensors_.push_back(
+        at::tensor(shift, at::kDouble).to(device));
     offsets_.push_back(offset);
     offset += kHeader + kArrays * shift.size();
   }
   buffer_.assign(offset, 0.0);
+  sums_ = at::zeros({static_cast<int64_t>(offset)}, at::TensorOptions(at::kDouble).device(device));
+}
+
+void StatsAccumulator::sync() const {
+  if (!dirty_) return;
+  const at::Tensor host = sums_.cpu().contiguous();
+  std::copy(host.data_ptr<double>(), host.data_ptr<double>() + host.numel(), buffer_.begin());
+  dirty_ = false;
+}
+
+std::vector<double>& StatsAccumulator::buffer() {
+  sync();
+  return buffer_;
+}
+
+int64_t StatsAccumulator::firstNonFiniteLayer() {
+  sync();
+  for (size_t l = 0; l < offsets_.size(); ++l) {
+    const size_t end = l + 1 < offsets_.size() ? offsets_[l + 1] : buffer_.size();
+    for (size_t i = offsets_[l]; i < end; ++i) {
+      if (!std::isfinite(buffer_[i])) return static_cast<int64_t>(l);
+    }
+  }
+  return -1;
 }
 
 void StatsAccumulator::observe(size_t layer, const at::Tensor& x) {
@@ -39,43 +65,39 @@ void StatsAccumulator::observe(size_t layer, const at::Tensor& x) {
         "(use a larger --batch-size or a --samples value that avoids a 1-sample last batch)");
   }
   // d = x - K in float64, as [C, n].
-  at::Tensor shift = at::from_blob(shifts_[layer].data(), {c}, at::kDouble);
   std::vector<int64_t> view(x.dim(), 1);
   view[1] = c;
   // Out of place: x may already be float64, and it goes on to aten::batch_norm.
-  at::Tensor d = at::sub(x.to(at::kDouble), shift.to(x.device()).view(view));
+  at::Tensor d = at::sub(x.to(at::kDouble), shift_tensors_[layer].view(view));
   std::vector<int64_t> dims;
   for (int64_t i = 0; i < x.dim(); ++i) {
     if (i != 1) dims.push_back(i);
   }
-  at::Tensor s1 = d.sum(dims).cpu().contiguous();
-  at::Tensor s2 = d.mul_(d).sum(dims).cpu().contiguous();  // d is our own copy
-  const double* p1 = s1.data_ptr<double>();
-  const double* p2 = s2.data_ptr<double>();
-  for (int64_t i = 0; i < c; ++i) {
-    if (!std::isfinite(p1[i]) || !std::isfinite(p2[i])) {
-      throw std::invalid_argument("non-finite activation in channel " + std::to_string(i));
+  const at::Tensor s1 = d.sum(dims);
+  const at::Tensor s2 = d.mul_(d).sum(dims);  // d is our own copy
+  if (x.is_cpu()) {  // free here; on a GPU it would synchronise every batch
+    const at::Tensor bad = at::logical_not(at::isfinite(s1) & at::isfinite(s2)).nonzero();
+    if (bad.numel() > 0) {
+      throw std::invalid_argument("non-finite activation in channel " +
+                                  std::to_string(bad[0][0].item<int64_t>()));
     }
   }
-  double* base = buffer_.data() + offsets_[layer];
-  double* S1 = base + kHeader;
-  double* S2 = S1 + c;
-  double* BM = S2 + c;
-  double* BE2 = BM + c;
   const double nd = static_cast<double>(n);
-  base[0] += nd;
-  base[1] += 1.0;
-  for (int64_t i = 0; i < c; ++i) {
-    S1[i] += p1[i];
-    S2[i] += p2[i];
-    const double mean_b = p1[i] / nd;
-    const double var_b = std::max(0.0, (p2[i] - p1[i] * mean_b) / (nd - 1.0));
-    BM[i] += mean_b;
-    BE2[i] += var_b + mean_b * mean_b;
-  }
+  const at::Tensor mean_b = s1 / nd;
+  const at::Tensor var_b = ((s2 - s1 * mean_b) / (nd - 1.0)).clamp_min(0.0);
+  at::Tensor seg = sums_.narrow(0, static_cast<int64_t>(offsets_[layer]),
+                                static_cast<int64_t>(kHeader + kArrays * c));
+  seg.narrow(0, 0, 1).add_(nd);   // count
+  seg.narrow(0, 1, 1).add_(1.0);  // batches
+  seg.narrow(0, kHeader, c).add_(s1);
+  seg.narrow(0, kHeader + c, c).add_(s2);
+  seg.narrow(0, kHeader + 2 * c, c).add_(mean_b);
+  seg.narrow(0, kHeader + 3 * c, c).add_(var_b + mean_b * mean_b);
+  dirty_ = true;
 }
 
 LayerStats StatsAccumulator::finalize(size_t layer, config::Weighting weighting) const {
+  sync();
   const int64_t c = channels(layer);
   const double* base = buffer_.data() + offsets_[layer];
   const double* S1 = base + kHeader;

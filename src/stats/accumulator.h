@@ -11,6 +11,8 @@
 // Shifting by K (the layer's previous running_mean) keeps S2 - S1²/n well conditioned when
 // |mean| >> σ; every estimator is shift invariant, so results do not depend on K.
 // Sums are formed from float64 copies of the activations: no float32 cancellation.
+// They accumulate where the activations are (a CUDA device or the CPU), in one float64
+// tensor: no per-batch copy to the host. buffer() brings them to the host once.
 #pragma once
 
 #include <cstdint>
@@ -18,6 +20,7 @@
 #include <vector>
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 #include "config/settings.h"
 
@@ -32,29 +35,40 @@ struct LayerStats {
 
 class StatsAccumulator {
  public:
-  // shifts[l] holds C_l finite values (non-finite entries are replaced by 0).
-  explicit StatsAccumulator(std::vector<std::vector<double>> shifts);
+  // shifts[l] holds C_l finite values (non-finite entries are replaced by 0). Inputs passed to
+  // observe() must be on `device`.
+  explicit StatsAccumulator(std::vector<std::vector<double>> shifts,
+                            c10::Device device = c10::Device(c10::kCPU));
 
   size_t numLayers() const { return offsets_.size(); }
   int64_t channels(size_t layer) const { return static_cast<int64_t>(shifts_[layer].size()); }
 
   // Adds one batch of inputs x [N, C, *] of `layer`. Throws std::invalid_argument when
-  // x has the wrong channel count, fewer than 2 values per channel (no unbiased batch
-  // variance exists), or non-finite values.
+  // x has the wrong channel count or fewer than 2 values per channel (no unbiased batch
+  // variance exists), and, on the CPU, when it holds non-finite values (on a GPU that check
+  // would cost a synchronisation per batch: see firstNonFiniteLayer).
   void observe(size_t layer, const at::Tensor& x);
 
-  // The flat buffer, for the all-reduce (sum) across ranks.
-  std::vector<double>& buffer() { return buffer_; }
-  const std::vector<double>& buffer() const { return buffer_; }
+  // The first layer whose sums are not finite, or -1; for sums kept on a GPU.
+  int64_t firstNonFiniteLayer();
+
+  // The flat buffer on the host, for the all-reduce (sum) across ranks; the first call after
+  // observe() copies the device sums.
+  std::vector<double>& buffer();
 
   // Final statistics of one layer from the (reduced) buffer. A layer with count 0 has
   // empty mean/var.
   LayerStats finalize(size_t layer, config::Weighting weighting) const;
 
  private:
+  void sync() const;
+
   std::vector<std::vector<double>> shifts_;
+  std::vector<at::Tensor> shift_tensors_;  // on the device
   std::vector<size_t> offsets_;
-  std::vector<double> buffer_;
+  at::Tensor sums_;                        // the buffer's layout, float64, on the device
+  mutable bool dirty_ = false;             // sums_ changed since the last sync
+  mutable std::vector<double> buffer_;
 };
 
 }  // namespace bnadapt::stats

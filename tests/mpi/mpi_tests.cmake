@@ -160,3 +160,4 @@ bna_expect_failure(output_is_input_via_symlink 2 6 "is the same file as the inpu
 include(${CMAKE_CURRENT_LIST_DIR}/checkpoint_tests.cmake)
 include(${CMAKE_CURRENT_LIST_DIR}/data_tests.cmake)
 include(${CMAKE_CURRENT_LIST_DIR}/reliability_tests.cmake)
+include(${CMAKE_CURRENT_LIST_DIR}/device_tests.cmake)
