@@ -11,8 +11,8 @@
 #      never calls the all-reduce): each must end the whole job at the 3 s timeout with exit
 #      code 8 (timeout) and the timeout message;
 #   4. compare_cuda_with_cpu: the fixture models with --device cuda --backend nccl and with
-#      --device cpu --backend mpi, checked by tests/reference/check_outputs.py (PLACEHOLDER
-#      until bnadapt_dist has those flags: then it says so and compares nothing).
+#      --device cpu --backend mpi, each checked against the float64 reference and against
+#      each other by tests/reference/check_outputs.py.
 # Exit: 0 passed, 1 a check failed, 2 cannot build (no CUDA LibTorch, ...), 77 no GPU.
 #
 # Environment:

@@ -1,13 +1,29 @@
 #!/usr/bin/env bash
 # Fresh machine to a full test run: installs, builds with tests, runs every test (units,
-# multi-rank runs at np = 1, 2, 3 against the float64 reference, checkpoints, bad-input
-# cases), then rebuilds the unit tests with ASan + UBSan and runs them (the parsers' fuzz
-# tests included). SKIP_SANITIZERS=1 skips that second stage.
+# multi-rank runs at np = 1, 2, 3 against the float64 reference, data sources, checkpoints,
+# reliability, the SLURM cluster, bad-input cases); then
+#   - builds the GPU path (-DBNADAPT_WITH_NCCL=ON against /usr/local/cuda), checks that it
+#     links NCCL and the CUDA runtime, and runs its units (GPU tests skip, naming why);
+#   - rebuilds everything with ASan + UBSan and runs the units and the multi-rank suite.
+# SKIP_NCCL=1 / SKIP_SANITIZERS=1 skip those stages.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/launch/install_deps.sh"
 "$root/launch/build.sh" -DBNADAPT_BUILD_TESTS=ON
 (cd "$root/build" && ctest -j"$(nproc)" --output-on-failure --timeout 600 "$@")
+
+if [ "${SKIP_NCCL:-0}" != 1 ]; then
+  nccl="$root/build-nccl"
+  cmake -S "$root" -B "$nccl" -DBNADAPT_WITH_NCCL=ON -DBNADAPT_BUILD_TESTS=ON
+  cmake --build "$nccl" -j"$(nproc)" --target bnadapt_dist bnadapt_unit_tests bnadapt_nccl_selftest
+  for exe in bnadapt_dist bnadapt_nccl_selftest; do
+    for lib in libnccl libcudart; do
+      ldd "$nccl/$exe" | grep -q "$lib" || { echo "test.sh: $exe does not link $lib" >&2; exit 1; }
+    done
+  done
+  echo "test.sh: the GPU path builds and links NCCL and the CUDA runtime"
+  (cd "$nccl" && ctest -j"$(nproc)" -L "unit|gpu" --output-on-failure --timeout 600)
+fi
 
 if [ "${SKIP_SANITIZERS:-0}" != 1 ]; then
   asan="$root/build-asan"
