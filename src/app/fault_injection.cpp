@@ -1,17 +1,28 @@
 #include "app/fault_injection.h"
 
+#include <atomic>
+#include <chrono>
 #include <csignal>
 #include <cstdlib>
 #include <string>
 #include <thread>
 
 #include "common/log.h"
+#include "io/files.h"
 
 namespace bnadapt::app {
+namespace {
+
+std::atomic<int> g_rank{-1};  // the rank io's write points report as
+
+void ioFaultPoint(const char* point) { maybeInjectFault(point, g_rank.load()); }
+
+}  // namespace
 
 void maybeInjectFault(const char* phase, int rank) {
   static const char* spec = std::getenv("BNADAPT_FAULT");
   if (spec == nullptr) return;
+  if (rank >= 0 && g_rank.exchange(rank) < 0) io::setFaultHook(&ioFaultPoint);
   const std::string s = spec;
   const auto a = s.find(':'), b = s.find(':', a + 1);
   if (a == std::string::npos || b == std::string::npos) return;

@@ -1,12 +1,18 @@
 // Test-only fault injection, for the reliability tests: BNADAPT_FAULT="RANK:PHASE:ACTION"
-// makes rank RANK, on entering PHASE (setup, forward, allreduce, write), do ACTION:
+// makes rank RANK, on entering PHASE, do ACTION:
 // sleep (hang for an hour), stop (SIGSTOP itself, watchdog included), exit (exit code 42),
 // kill (SIGKILL itself), segv (SIGSEGV).
-// Unset in production; the variable is read once.
+// Phases: setup, forward, allreduce, write (before anything is written), and, inside the
+// writing on rank 0 (io::StagedFile's fault points, see io/files.h): write-mid (an output
+// partly written), write-fsynced (outputs complete and fsynced, before the first link or
+// rename), write-linked (a replacement linked to its temp name, before its rename). The
+// action fires at the first point that matches.
+// Unset in production: the variable is read once, and without it the io points stay off.
 #pragma once
 
 namespace bnadapt::app {
 
+// Also arms io's write points for `rank` on its first call when BNADAPT_FAULT is set.
 void maybeInjectFault(const char* phase, int rank);
 
 }  // namespace bnadapt::app

@@ -302,16 +302,14 @@ int choosePlacement(const config::Settings& st, comm::Communicator& comm, Watchd
         if (st.device != "cpu") {
           if (torch_cuda) {
             count = static_cast<int>(torch::cuda::device_count());
-          } else if (comm::kBuildHasCuda && comm::cudaDeviceCountOrReason(reason) > 0) {
-            reason = "this LibTorch has no CUDA (Debian's is CPU-only): build against a CUDA "
-                     "LibTorch, see README 'GPU clusters'";
-          } else if (reason.empty()) {
-            reason = "this LibTorch has no CUDA (Debian's is CPU-only)";
+          } else {
+            reason = "this LibTorch has no CUDA (Debian's is CPU-only; build against a CUDA "
+                     "LibTorch, see README 'GPU clusters')";
           }
         }
         out.device = comm::chooseDevice(st.device, comm.localRank(), comm.localSize(), count,
                                         reason, comm::processEnv("CUDA_VISIBLE_DEVICES"),
-                                        st.allow_gpu_sharing, torch_cuda);
+                                        st.allow_gpu_sharing, /*build_has_cuda=*/true);
         out.backend = comm::chooseBackend(st.backend, out.device.kind, comm::kBuildHasNccl,
                                           out.device.shared);
         if (out.device.kind == comm::DeviceChoice::kCuda) {
@@ -654,9 +652,11 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
                           io::bytesWriter(report::buildReport(run).dump(2) + "\n"));
     }
     // Every output is complete on disk; now put them in place. A checkpoint's old sidecar
-    // goes first so that no stale .sha256 ever sits beside a new checkpoint.
-    if (!sidecar.empty()) std::remove(sidecar.c_str());
-    for (auto& file : staged) file.commit();
+    // goes just before the checkpoint, so that no stale .sha256 ever sits beside a new one.
+    for (auto& file : staged) {
+      if (!sidecar.empty() && file.path() + ".sha256" == sidecar) std::remove(sidecar.c_str());
+      file.commit();
+    }
     for (const auto& line : report::summaryLines(run)) log::info(line);
     for (const auto& file : staged) log::info("wrote ", file.path());
   });

@@ -112,6 +112,8 @@ bna_data_failure(corrupt_default 2 3 "corrupt/cat/(text|truncated|zero)\\.jpg"
                  ${BNA_RESNET_IMG} --data ${BNA_DFIX}/corrupt --samples 15 --batch-size 4)
 bna_data_failure(corrupt_above_fraction 2 3 "3 of 15 samples \\(20%\\) were unreadable and skipped, above --max-skip-fraction 0.01"
                  ${BNA_RESNET_IMG} --data ${BNA_DFIX}/corrupt --samples 15 --batch-size 4 --skip-corrupt)
+bna_data_failure(huge_image 2 3 "huge/a/huge.png.*60000 ?x ?60000"
+                 ${BNA_RESNET_IMG} --data ${BNA_DFIX}/huge --samples 2 --batch-size 2)
 bna_data_failure(empty_folder 1 3 "holds no .pt files and no class folders"
                  ${BNA_RESNET_IMG} --data ${BNA_DBAD} --samples 15 --batch-size 4)
 bna_data_failure(eval_without_labels 2 3 "--eval-data '.*data_img32.pt' has no labels"

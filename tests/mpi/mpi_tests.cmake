@@ -93,6 +93,8 @@ bna_expect_failure(corrupt_model 1 4 "corrupt_model.pt' cannot be loaded as Torc
                    --model ${BNA_FIX}/corrupt_model.pt --data ${BNA_FIX}/data_vec48.pt --samples 20 --batch-size 5 ${BNA_OUTS})
 bna_expect_failure(no_bn 2 4 "has no BatchNorm layer to adapt"
                    --model ${BNA_FIX}/nobn_scripted.pt --data ${BNA_FIX}/data_img16.pt --samples 20 --batch-size 5 ${BNA_OUTS})
+bna_expect_failure(frozen_model 2 4 "mixed_frozen.pt' has no BatchNorm layer to adapt.*aten::batch_norm is called directly"
+                   --model ${BNA_FIX}/mixed_frozen.pt --data ${BNA_FIX}/data_img16.pt --samples 16 --batch-size 8 ${BNA_OUTS})
 bna_expect_failure(missing_data 2 3 "data path '.*nothere.pt' does not exist"
                    --model ${BNA_FIX}/mlp_scripted.pt --data ${BNA_FIX}/nothere.pt --samples 20 --batch-size 5 ${BNA_OUTS})
 bna_expect_failure(shape_mismatch 2 3 "global batch 0: forward of input \\[5, 5, 7, 7\\] failed"
