@@ -12,7 +12,10 @@
 #      code 8 (timeout) and the timeout message;
 #   4. compare_cuda_with_cpu: the fixture models with --device cuda --backend nccl and with
 #      --device cpu --backend mpi, each checked against the float64 reference and against
-#      each other by tests/reference/check_outputs.py.
+#      each other by tests/reference/check_outputs.py;
+#   5. nccl_faults: on NCCL, rank 1 exits/is killed/segfaults in the forward passes or the
+#      all-reduce, hangs in the all-reduce, runs out of GPU memory, or meets a NaN sample:
+#      every rank ends within the timeout, nothing written; an empty shard equals the CPU.
 # Exit: 0 passed, 1 a check failed, 2 cannot build (no CUDA LibTorch, ...), 77 no GPU.
 #
 # Environment:
@@ -139,16 +142,9 @@ for fault in "${faults[@]}"; do
 done
 unset BNADAPT_NCCL_SELFTEST_FAULT BNADAPT_NCCL_SELFTEST_TIMEOUT
 
-# ---- 4. PLACEHOLDER: CUDA vs CPU on the fixture models -----------------------------------
-# TODO(run.cpp/config wiring): needs bnadapt_dist --device/--backend. Until `--help` lists
-# them this says so and compares nothing; afterwards it runs as written (check that the
-# report names the device and backend once it does, and drop the guard).
+# ---- 4. CUDA/NCCL vs CPU/MPI on the fixture models ----------------------------------------
 compare_cuda_with_cpu() {
   local bin=$build/bnadapt_dist
-  if ! "$bin" --help 2>/dev/null | grep -q -- '--backend'; then
-    say "PLACEHOLDER: bnadapt_dist has no --device/--backend yet: CUDA vs CPU not compared"
-    return 0
-  fi
   local fix=$build/fixtures runs=$build/gpu_runs status=0
   "$py" "$root/tests/fixtures/make_fixtures.py" "$fix"
   # kind model data samples batch-size reference-tolerance (resnet: see tests/reference/README.md)
@@ -178,6 +174,61 @@ compare_cuda_with_cpu() {
   return $status
 }
 compare_cuda_with_cpu || failed=1
+
+# ---- 5. reliability on NCCL (issue item 15): a dead rank, an empty shard, a NaN sample and
+# an out-of-memory on one rank; each must end every rank within the timeout, write nothing.
+nccl_faults() {
+  local bin=$build/bnadapt_dist fix=$build/fixtures out=$build/gpu_runs/faults status=0
+  local common=(--device cuda --backend nccl --timeout 20 --stats-output "$out/stats.pt")
+  local mlp=(--model "$fix/mlp_scripted.pt" --samples 40 --batch-size 5)
+  expect_fail() {  # expect_fail NAME CODE-REGEX CMD...: non-zero within 30 s, nothing written
+    local name=$1 codes=$2; shift 2
+    rm -rf "$out" && mkdir -p "$out"
+    local t0 rc=0
+    t0=$(date +%s)
+    timeout 60 "$@" > "$out/log" 2>&1 || rc=$?
+    local took=$(( $(date +%s) - t0 ))
+    if [[ ! "$rc" =~ ^($codes)$ ]] || [ "$took" -gt 30 ] || [ -e "$out/stats.pt" ]; then
+      say "FAIL: $name: exit $rc after ${took}s (expected $codes within 30 s, nothing written)"
+      tail -5 "$out/log" >&2
+      status=1
+    else
+      say "$name: exit $rc after ${took}s"
+    fi
+  }
+  local n=2
+  [ "$np" -lt 2 ] && n=1
+  if [ "$n" -eq 2 ]; then
+    for action in exit kill segv; do
+      for phase in forward allreduce; do
+        BNADAPT_FAULT=1:$phase:$action expect_fail "rank 1 $action in $phase" "[1-9][0-9]*" \
+          "${launcher[@]}" -np 2 "$bin" "${common[@]}" "${mlp[@]}" --data "$fix/data_vec48.pt"
+      done
+    done
+    BNADAPT_FAULT=1:allreduce:sleep expect_fail "rank 1 hangs in the all-reduce" "8" \
+      "${launcher[@]}" -np 2 "$bin" "${common[@]}" "${mlp[@]}" --data "$fix/data_vec48.pt"
+    BNADAPT_FAULT=1:forward:oom expect_fail "rank 1 out of GPU memory" "[1-9][0-9]*" \
+      "${launcher[@]}" -np 2 "$bin" "${common[@]}" "${mlp[@]}" --data "$fix/data_vec48.pt"
+    expect_fail "a NaN sample on rank 1" "3" \
+      "${launcher[@]}" -np 2 "$bin" "${common[@]}" "${mlp[@]}" --data "$fix/data_vec48_nan.pt"
+  fi
+  # Empty shard: one global batch, the other rank has none; must equal the CPU result.
+  rm -rf "$out" && mkdir -p "$out"
+  "${launcher[@]}" -np "$n" "$bin" --device cuda --backend nccl --model "$fix/mlp_scripted.pt" \
+    --data "$fix/data_vec48.pt" --samples 5 --batch-size 5 --stats-output "$out/cuda.pt" &&
+  "${launcher[@]}" -np 1 "$bin" --device cpu --model "$fix/mlp_scripted.pt" \
+    --data "$fix/data_vec48.pt" --samples 5 --batch-size 5 --stats-output "$out/cpu.pt" &&
+  "$py" - "$out/cuda.pt" "$out/cpu.pt" <<'PY' || { say "FAIL: empty shard on NCCL"; status=1; }
+import sys, torch
+a, b = (torch.load(p) for p in sys.argv[1:])
+worst = max(float(((a[k].double() - b[k].double()).abs() / b[k].double().abs().clamp_min(1e-6)).max())
+            for k in a if k.endswith(("running_mean", "running_var")))
+print(f"empty shard on NCCL vs CPU: max relative difference {worst:.2e}")
+sys.exit(0 if worst <= 1e-5 else 1)
+PY
+  return $status
+}
+nccl_faults || failed=1
 
 if [ "$failed" -ne 0 ]; then
   say "FAILED"

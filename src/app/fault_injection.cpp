@@ -7,6 +7,7 @@
 #include <string>
 #include <thread>
 
+#include "common/error.h"
 #include "common/log.h"
 #include "io/files.h"
 
@@ -34,6 +35,10 @@ void maybeInjectFault(const char* phase, int rank) {
   if (action == "stop") std::raise(SIGSTOP);
   if (action == "kill") std::raise(SIGKILL);
   if (action == "segv") std::raise(SIGSEGV);
+  if (action == "oom") {  // what a too-large batch does on a GPU: an allocation that fails
+    fail(ExitCode::kData, "injected out-of-memory: ",
+         "CUDA out of memory (BNADAPT_FAULT oom in phase ", phase, ")");
+  }
 }
 
 }  // namespace bnadapt::app

@@ -1,7 +1,8 @@
 // Test-only fault injection, for the reliability tests: BNADAPT_FAULT="RANK:PHASE:ACTION"
 // makes rank RANK, on entering PHASE, do ACTION:
 // sleep (hang for an hour), stop (SIGSTOP itself, watchdog included), exit (exit code 42),
-// kill (SIGKILL itself), segv (SIGSEGV).
+// kill (SIGKILL itself), segv (SIGSEGV), oom (throws the error an out-of-memory
+// allocation would, exit 3 through the agreed failure path).
 // Phases: setup, forward, allreduce, write (before anything is written), and, inside the
 // writing on rank 0 (io::StagedFile's fault points, see io/files.h): write-mid (an output
 // partly written), write-fsynced (outputs complete and fsynced, before the first link or

@@ -122,7 +122,7 @@ function(bna_expect_divergence name regex)
   bna_mpi_command(rank0 1 ${BNA_GOOD} ${BNA_OUTS})
   add_test(NAME bad_${name}
            COMMAND ${BNADAPT_PYTHON} ${BNA_SRC_TESTS}/mpi/expect.py --code 5 --stderr ${regex}
-                   --within 15 ${BNA_BAD_OUTS} --unchanged ${BNA_FIX}/mlp_scripted.pt
+                   --within 10 ${BNA_BAD_OUTS} --unchanged ${BNA_FIX}/mlp_scripted.pt
                    -- ${rank0} : ${MPIEXEC_NUMPROC_FLAG} 1 $<TARGET_FILE:bnadapt_dist> ${ARGN})
   set_tests_properties(bad_${name} PROPERTIES FIXTURES_REQUIRED bna_fixtures
                        ENVIRONMENT "${BNA_MPI_ENV}" TIMEOUT 120 LABELS mpi RESOURCE_LOCK bad_outputs)

@@ -30,6 +30,10 @@ foreach(action exit kill segv)
   endforeach()
 endforeach()
 bna_fault(killed_rank0_write nonzero "." 15 0 0:write:kill)
+# An out-of-memory on one rank (injected: the error a failed allocation raises) ends every
+# rank through the agreed failure path, naming the rank.
+bna_fault(oom_forward 3 "rank 1 failed during the forward passes: injected out-of-memory" 15 1
+          1:forward:oom)
 
 # ---- exact reduction: binary-fraction data through Identity -> BN1d, uneven shards -------
 # np = 1, 2, 3 (4 batches: ranks get 2/1/1 at np = 3) equal the exact rational result bit for
