@@ -11,6 +11,7 @@ packages=(
   libopencv-dev zlib1g-dev     # image folders (OpenCV 4.6), gzipped IDX files
   dataset-fashion-mnist        # the demo's data (/usr/share/datasets/fashion-mnist)
   libgtest-dev                 # unit tests
+  clang-14 libclang-rt-14-dev  # tests/fuzz: libFuzzer with ASan + UBSan
   python3-torch python3-torchvision  # test fixtures and float64 reference (/usr/bin/python3)
   slurm-wlm munge              # tests/slurm: a private one-node SLURM cluster (srun --mpi=pmix)
 )

@@ -40,5 +40,5 @@ if [ "${SKIP_SANITIZERS:-0}" != 1 ]; then
   # before LeakSanitizer runs, so their exit-time allocations can be neither attributed nor
   # suppressed by name.
   (cd "$asan" && ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
-     ctest -j"$(nproc)" -LE "unit|slurm|bench" --output-on-failure --timeout 900)
+     ctest -j"$(nproc)" -LE "unit|slurm|bench|fuzz|configs" --output-on-failure --timeout 900)
 fi

@@ -34,13 +34,24 @@ bool asIntTuple(const PickleRef& v, std::vector<int64_t>& out) {
   return true;
 }
 
+// Moves the edges of `v` out (into `out`): what v held no longer keeps anything alive.
+void takeEdges(PickleValue& v, std::vector<PickleRef>& out) {
+  for (auto& item : v.items) out.push_back(std::move(item));
+  for (auto& [k, value] : v.entries) {
+    out.push_back(std::move(k));
+    out.push_back(std::move(value));
+  }
+  for (auto& s : v.states) out.push_back(std::move(s));
+  v.items.clear();
+  v.entries.clear();
+  v.states.clear();
+}
+
 class Unpickler {
  public:
   Unpickler(std::string_view data, const std::string& source) : data_(data), source_(source) {}
   ~Unpickler() {
-    std::vector<PickleRef> roots = std::move(stack_);
-    for (auto& [index, v] : memo_) roots.push_back(std::move(v));
-    releaseIteratively(std::move(roots));
+    if (!finished_) cutUnreachable(nullptr);  // an error: everything built is garbage
   }
 
   UnpickleResult run() {
@@ -55,8 +66,10 @@ class Unpickler {
     check(stack_.size() == 1 && marks_.empty(), "STOP with ", stack_.size(),
           " values on the stack (expected 1)");
     result_.root = stack_.back();
-    stack_.clear();  // the root owns everything now; the destructor must not cut it
+    stack_.clear();  // the root owns everything now
     memo_.clear();
+    cutUnreachable(result_.root.get());
+    finished_ = true;
     return std::move(result_);
   }
 
@@ -72,9 +85,39 @@ class Unpickler {
 
   PickleRef make(Kind kind) {
     check(++values_ <= kMaxPickleValues, "more than ", kMaxPickleValues, " values");
-    auto v = std::make_shared<PickleValue>();
+    // Not make_shared: all_'s weak reference would keep a dropped value's memory.
+    PickleRef v(new PickleValue);
     v->kind = kind;
+    all_.push_back(v);
     return v;
+  }
+
+  // Cuts the edges of every value still alive that `keep` (nullptr: nothing) does not reach.
+  // A dropped value that is part of a cycle (a list appended to itself, then popped) is kept
+  // alive by the cycle alone and would leak; the values `keep` reaches are left intact.
+  void cutUnreachable(const PickleValue* keep) {
+    std::unordered_set<const PickleValue*> reachable;
+    std::vector<const PickleValue*> todo;
+    if (keep != nullptr) todo.push_back(keep);
+    while (!todo.empty()) {
+      const PickleValue* v = todo.back();
+      todo.pop_back();
+      if (v == nullptr || !reachable.insert(v).second) continue;
+      for (const auto& item : v->items) todo.push_back(item.get());
+      for (const auto& [k, value] : v->entries) {
+        todo.push_back(k.get());
+        todo.push_back(value.get());
+      }
+      for (const auto& s : v->states) todo.push_back(s.get());
+    }
+    std::vector<PickleRef> edges;
+    for (const auto& weak : all_) {
+      const PickleRef v = weak.lock();
+      if (v == nullptr || reachable.count(v.get()) > 0) continue;
+      takeEdges(*v, edges);
+      edges.clear();  // frees what only this edge kept, without recursion (~PickleValue)
+    }
+    all_.clear();
   }
 
   // ---- reading -----------------------------------------------------------------------
@@ -466,6 +509,8 @@ class Unpickler {
   std::vector<size_t> marks_;
   std::unordered_map<uint64_t, PickleRef> memo_;
   size_t values_ = 0;
+  std::vector<std::weak_ptr<PickleValue>> all_;  // every value made, for cutUnreachable()
+  bool finished_ = false;  // run() returned the result
   UnpickleResult result_;
 };
 
@@ -482,6 +527,27 @@ c10::ScalarType storageDtype(std::string_view type) {
     if (type == name) return dtype;
   }
   return c10::ScalarType::Undefined;
+}
+
+PickleValue::~PickleValue() {
+  // The outermost destructor on this thread collects the children of every value freed while
+  // it runs and frees them in a loop; the stack depth stays constant whatever the nesting.
+  thread_local std::vector<PickleRef>* pending = nullptr;
+  std::vector<PickleRef> mine;
+  const bool outermost = pending == nullptr;
+  if (outermost) pending = &mine;
+  try {
+    takeEdges(*this, *pending);
+  } catch (const std::bad_alloc&) {
+    // Out of memory: what is left goes the recursive way, with the members.
+  }
+  if (!outermost) return;
+  while (!mine.empty()) {
+    PickleRef v = std::move(mine.back());
+    mine.pop_back();
+    v.reset();  // may free more values, whose children land in `mine`
+  }
+  pending = nullptr;
 }
 
 UnpickleResult unpickle(std::string_view data, const std::string& source) {

@@ -41,6 +41,14 @@ struct PickleValue {
   std::vector<std::pair<PickleRef, PickleRef>> entries;   // SETITEM(S) on dicts and objects
   std::vector<PickleRef> states;                          // BUILD states, in order
   std::shared_ptr<const TensorRecord> tensor;  // set on the call that rebuilds a tensor
+
+  PickleValue() = default;
+  PickleValue(const PickleValue&) = delete;
+  PickleValue& operator=(const PickleValue&) = delete;
+  // Not recursive: the children it was the last owner of are freed in a loop (hostile
+  // pickles nest millions deep, and any value may be dropped: POP, a replaced memo entry, an
+  // error).
+  ~PickleValue();
 };
 
 // A tensor as torch.save stores it: a view into a storage record.

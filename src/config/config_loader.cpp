@@ -177,9 +177,11 @@ std::string jsonMessage(const std::string& what, const std::string& last_token =
     const auto end = what.find("] ");
     if (end != std::string::npos) message = what.substr(end + 2);
   }
-  const std::size_t at = last_token.size() > kMaxShown ? message.find(last_token) : std::string::npos;
+  const std::size_t at =
+      last_token.size() > kMaxShown ? message.find(last_token) : std::string::npos;
   if (at != std::string::npos) {
-    message.replace(at, last_token.size(), "..." + last_token.substr(last_token.size() - kMaxShown));
+    message.replace(at, last_token.size(),
+                    "..." + last_token.substr(last_token.size() - kMaxShown));
   }
   return shorten(message, 400);  // nlohmann's own text is shorter
 }
@@ -196,13 +198,10 @@ std::string readConfigText(const std::string& path) {
   }
   BNA_CHECK(!fs::is_directory(st), ExitCode::kUsage, path,
             ": cannot read config file: it is a directory");
-  const auto too_big = [&path](std::uintmax_t size) {
-    fail(ExitCode::kUsage, path, ": config file is ", size, " bytes; at most ", kMaxConfigBytes,
-         " are allowed");
-  };
-  if (fs::is_regular_file(st)) {
+  if (fs::is_regular_file(st)) {  // refused before reading
     const std::uintmax_t size = fs::file_size(path, ec);
-    if (!ec && size > kMaxConfigBytes) too_big(size);
+    BNA_CHECK(ec || size <= kMaxConfigBytes, ExitCode::kUsage, path, ": config file is ", size,
+              " bytes; at most ", kMaxConfigBytes, " are allowed");
   }
   std::ifstream in(path, std::ios::binary);
   if (!in) {
@@ -303,7 +302,8 @@ class ConfigParser {
 
   bool start(Json&& empty) {
     if (frames_.size() >= static_cast<std::size_t>(kMaxDepth)) {
-      if (!frames_.empty() && !frames_.back().is_object) frames_.back().index = frames_.back().count;
+      Frame& top = frames_.back();
+      if (!top.is_object) top.index = top.count;  // the path names the element being opened
       fail(ExitCode::kUsage, file_, ": JSON nested deeper than ", kMaxDepth, " levels at '",
            shorten(path(frames_.size())), "'");
     }
@@ -600,8 +600,9 @@ class ConfigReader {
     requireObject(section, path);
     for (const auto& [key, v] : section.items()) {
       const std::string p = child(path, key);
+      const std::string& name = key;  // a lambda may not capture a structured binding (C++17)
       const auto it = std::find_if(options().begin(), options().end(),
-                                   [&](const Option& o) { return *o.key && key == o.key; });
+                                   [&](const Option& o) { return *o.key && name == o.key; });
       if (it == options().end()) unknownKey(p, key, sectionKeys());
       out_.section[key] = readValue(*it, v, p);
     }

@@ -642,6 +642,99 @@ TEST_F(ConfigLoaderTest, MissingOrUnreadableConfig) {
   EXPECT_CONTAINS(dir_msg, dir_.string() + ": cannot read config file: it is a directory");
 }
 
+// Hostile config text: every message stays one printable line, every size stays bounded.
+
+TEST_F(ConfigLoaderTest, KeysInMessagesAreEscapedAndShortened) {
+  EXPECT_CONTAINS(configError(R"({"bnadapt_dist": {"batch\nsize": 1}})"),
+                  "unknown key 'bnadapt_dist.batch\\nsize'");
+  EXPECT_CONTAINS(configError(R"({"bnadapt_dist": {"model\u0000": "m"}})"),
+                  "unknown key 'bnadapt_dist.model\\u0000'; did you mean 'model'?");
+  EXPECT_CONTAINS(configError(R"({"x": 1, "x\u2028": 1, "x\u2028": 2})"),
+                  "duplicate key 'x\\u2028'");
+  const std::string msg =
+      configError("{\"bnadapt_dist\": {\"" + std::string(1 << 20, 'k') + "\": 1}}");
+  EXPECT_CONTAINS(msg, "unknown key 'bnadapt_dist." + std::string(60, 'k') + "...'");
+  EXPECT_LT(msg.size(), 1000u);
+  EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+}
+
+TEST_F(ConfigLoaderTest, ParseErrorsAreOnePrintableLine) {
+  // nlohmann quotes the token it was reading: raw bytes, or the whole of a long string.
+  const std::string latin1 = configError("{\"bnadapt_dist\": {\"model\": \"caf\xe9\"}}");
+  EXPECT_CONTAINS(latin1, "ill-formed UTF-8 byte; last read: '\"caf\\xe9\"'");
+  const std::string long_token =
+      configError("{\"a\": \"" + std::string(100000, 'x') + "\x01\"}");
+  EXPECT_CONTAINS(long_token, "last read: '..." + std::string(52, 'x') + "<U+0001>'");
+  EXPECT_LT(long_token.size(), 1000u);
+}
+
+TEST_F(ConfigLoaderTest, NulBytesAreRejected) {
+  // nlohmann's lexer stops at a NUL: without the check the rest of the file was ignored.
+  const std::string msg = configError(std::string("{\"a\": 1}\n\0{\"b\": 2}", 18));
+  EXPECT_CONTAINS(msg, "invalid JSON at byte 10: NUL byte at line 2, column 1");
+}
+
+TEST_F(ConfigLoaderTest, EndlessConfigFileIsReadUpToTheLimit) {
+  const std::string msg = usageError(withRequired({"--config", "/dev/zero"}));
+  EXPECT_CONTAINS(msg, "/dev/zero: config file is more than 16777216 bytes");
+}
+
+TEST_F(ConfigLoaderTest, SampleSizeProductIsBounded) {
+  EXPECT_CONTAINS(configError(R"({"input_info": {"sample_size": [1, 3, 65536, 65536]}})"),
+                  "input_info.sample_size: [1,3,65536,65536] makes samples of more than "
+                  "2147483647 values");
+  EXPECT_CONTAINS(
+      configError(R"({"input_info": {"sample_size": [1, 2147483647, 2147483647, 2]}})"),
+      "makes samples of more than 2147483647 values");
+  EXPECT_EQ(parseConfig(R"({"input_info": {"sample_size": [8, 2147483647]}})", kRequired)
+                .sample_shape,
+            (std::vector<int64_t>{2147483647}));
+}
+
+TEST_F(ConfigLoaderTest, OptionsThatNeedEachOtherNameTheConfigKey) {
+  EXPECT_CONTAINS(configError(R"({"bnadapt_dist": {"checkpoint": "c.pt"}})"),
+                  ": bnadapt_dist.checkpoint needs --checkpoint-output OUT or "
+                  "bnadapt_dist.checkpoint_output");
+  EXPECT_CONTAINS(configError(R"({"bnadapt_dist": {"eval": true}})"),
+                  ": bnadapt_dist.eval needs --eval-data PATH or bnadapt_dist.eval_data");
+  EXPECT_CONTAINS(configError(R"({"bnadapt_dist": {"max_skip_fraction": 0.5}})"),
+                  ": bnadapt_dist.max_skip_fraction applies to --skip-corrupt or "
+                  "bnadapt_dist.skip_corrupt, which is not given");
+  // From the command line: the flags, as before.
+  EXPECT_CONTAINS(usageError(withRequired({"--in-place"})),
+                  "--in-place applies to --checkpoint, which is not given");
+}
+
+TEST_F(ConfigLoaderTest, LongUnknownKeysCostNoQuadraticTime) {
+  // editDistance against each known key: O(length) memory, skipped when the lengths differ
+  // by more than any suggestion allows (was a (n+1) x (m+1) table: 1.7 GB for a 16 MB key).
+  const std::string key(8 << 20, 'k');
+  const std::string msg = configError("{\"" + key + "\": 1, \"bnadapt_dist\": {\"seed\": -1}}");
+  EXPECT_CONTAINS(msg, "bnadapt_dist.seed: expected a non-negative integer");
+  EXPECT_EQ(nearestKey(key, {"batch_size"}), "");
+}
+
+TEST_F(ConfigLoaderTest, ParseSettingsFromTextNeedsNoFile) {
+  const Settings s = parseSettingsFromText(
+      R"({"bnadapt_dist": {"model": "m.pt", "data": "d", "samples": 8}})", {});
+  EXPECT_EQ(s.model_path, "m.pt");
+  EXPECT_EQ(s.samples, 8);
+  EXPECT_EQ(s.config_path, "<config>");
+  try {
+    parseSettingsFromText(R"({"bnadapt_dist": {"samples": 0}})",
+                          {"--config", "/nowhere/cfg.json", "--model", "m", "--data", "d"});
+    ADD_FAILURE() << "accepted samples 0";
+  } catch (const Error& e) {
+    EXPECT_CONTAINS(e.what(), "/nowhere/cfg.json: bnadapt_dist.samples: expected");
+  }
+  // Relative paths resolve against the named file's folder, which is never opened.
+  EXPECT_EQ(parseSettingsFromText(R"({"bnadapt_dist": {"model": "m.pt"}})",
+                                  {"--config", "/nowhere/cfg.json", "--data", "d", "--samples",
+                                   "1"})
+                .model_path,
+            "/nowhere/m.pt");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 
