@@ -23,7 +23,7 @@ if [ "${SKIP_NCCL:-0}" != 1 ]; then
     done
   done
   echo "test.sh: the GPU path builds and links NCCL and the CUDA runtime"
-  (cd "$nccl" && ctest -j"$(nproc)" -L "unit|gpu" --output-on-failure --timeout 600)
+  (cd "$nccl" && ctest -j"$(nproc)" -L "unit|gpu" -LE tsan --output-on-failure --timeout 600)
 fi
 
 if [ "${SKIP_SANITIZERS:-0}" != 1 ]; then
