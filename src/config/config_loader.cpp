@@ -102,6 +102,11 @@ std::size_t utf8Length(const std::string& s, std::size_t i) {
 std::string shorten(const std::string& s, std::size_t max = kMaxShown) {
   static const char* const kHex = "0123456789abcdef";
   std::string out;
+  const auto escape = [&out](const char* prefix, unsigned char c) {  // prefix + 2 hex digits
+    out += prefix;
+    out += kHex[c >> 4];
+    out += kHex[c & 15];
+  };
   std::size_t shown = 0;  // bytes of `s` consumed
   for (std::size_t i = 0; i < s.size(); i += shown) {
     if (out.size() >= max) return out + "...";
@@ -114,16 +119,12 @@ std::string shorten(const std::string& s, std::size_t max = kMaxShown) {
     } else if (c == '\r') {
       out += "\\r";
     } else if (c < 0x20 || c == 0x7F) {
-      out += "\\u00";
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
+      escape("\\u00", c);
     } else if (c < 0x80) {
       out += static_cast<char>(c);
     } else if ((shown = utf8Length(s, i)) == 0) {
       shown = 1;
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
+      escape("\\x", c);
     } else {
       const std::string seq = s.substr(i, shown);
       if (seq == "\xC2\x85") {

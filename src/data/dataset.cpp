@@ -17,10 +17,6 @@ bool endsWith(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-bool isTensorFileName(const std::string& name) {
-  return endsWith(name, ".pt") || endsWith(name, ".pth");
-}
-
 const char* kFormats =
     "a .pt file or a folder of .pt files (tensor), a folder of class folders of images "
     "(imagefolder), a *-idx3-ubyte[.gz] file (idx), or 'synthetic'";
@@ -44,6 +40,11 @@ std::optional<DataFormat> parseDataFormat(const std::string& name) {
     if (name == dataFormatName(f)) return f;
   }
   return std::nullopt;
+}
+
+bool isTensorFileName(const std::string& name) {
+  const std::string base = fs::path(name).filename().string();
+  return !base.empty() && base[0] != '.' && (endsWith(base, ".pt") || endsWith(base, ".pth"));
 }
 
 std::string shapeString(const std::vector<int64_t>& shape) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "common/error.h"
+#include "common/hash.h"
 
 namespace bnadapt::data {
 
@@ -65,12 +66,7 @@ std::vector<int64_t> sampleOrder(int64_t available, bool shuffle, uint64_t seed)
   // Fisher-Yates driven by splitmix64; bounded draws by rejection, so every permutation is
   // equally likely and no library distribution (implementation-defined) is involved.
   uint64_t state = seed;
-  auto next = [&state] {
-    uint64_t z = (state += 0x9E3779B97F4A7C15ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-  };
+  auto next = [&state] { return splitmix64(state += kSplitmixStep); };
   for (uint64_t i = static_cast<uint64_t>(available); i > 1; --i) {
     const uint64_t limit = UINT64_MAX - UINT64_MAX % i;  // draws >= limit would bias
     uint64_t r;

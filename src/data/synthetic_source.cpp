@@ -1,6 +1,7 @@
 // Synthetic data: seeded standard-normal samples of any shape, for smoke runs and benchmarks.
 #include <ATen/ATen.h>
 
+#include "common/hash.h"
 #include "data/sources.h"
 
 namespace bnadapt::data {
@@ -15,10 +16,7 @@ class SyntheticDataset final : public Dataset {
 
   int64_t read(int64_t index, void* out) const override {
     // splitmix64 of (seed, index): an independent stream per sample, whatever the sharding.
-    uint64_t z = seed_ + 0x9E3779B97F4A7C15ULL * static_cast<uint64_t>(index + 1);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    z ^= z >> 31;
+    const uint64_t z = splitmix64(seed_ + kSplitmixStep * static_cast<uint64_t>(index + 1));
     at::Generator gen = at::detail::createCPUGenerator(z);
     at::from_blob(out, shape_, at::kFloat).normal_(0.0, 1.0, gen);
     return -1;

@@ -348,11 +348,6 @@ class TensorDataset final : public Dataset {
   c10::ScalarType dtype_ = c10::kFloat;
 };
 
-bool isShardName(const fs::path& p) {
-  const std::string ext = p.extension().string();
-  return p.filename().string()[0] != '.' && (ext == ".pt" || ext == ".pth");
-}
-
 }  // namespace
 
 std::unique_ptr<Dataset> openTensorData(const std::string& path) {
@@ -361,7 +356,7 @@ std::unique_ptr<Dataset> openTensorData(const std::string& path) {
   if (fs::is_directory(path, ec)) {
     std::vector<std::string> files;
     for (const auto& entry : fs::directory_iterator(path, ec)) {
-      if (entry.is_regular_file() && isShardName(entry.path())) {
+      if (entry.is_regular_file() && isTensorFileName(entry.path().string())) {
         files.push_back(entry.path().string());
       }
     }
