@@ -6,16 +6,17 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/launch/install_deps.sh"
+py="$root/.venv/bin/python"  # the torch of the LibTorch the tool is built with
 BNADAPT_BUILD_TESTS=${BNADAPT_BUILD_TESTS:-OFF}
 "$root/launch/build.sh" -DBNADAPT_BUILD_TESTS="$BNADAPT_BUILD_TESTS"
-/usr/bin/python3 "$root/launch/demo/train_fashion_mnist.py" "$root/build/demo/fmnist"
+"$py" "$root/launch/demo/train_fashion_mnist.py" "$root/build/demo/fmnist"
 # The NNCF example configs (configs/nncf_*.json) use a ResNet-18 with stale statistics.
 [ -f "$root/build/demo/demo_resnet18.pt" ] ||
-  /usr/bin/python3 "$root/tests/fixtures/make_fixtures.py" --demo "$root/build/demo" > /dev/null
+  "$py" "$root/tests/fixtures/make_fixtures.py" --demo "$root/build/demo" > /dev/null
 start=$(date +%s%N)
 "$root/launch/mpirun_local.sh" -np "${NP:-2}" --config "$root/configs/demo.json" "$@"
 echo "demo: adaptation took $(( ($(date +%s%N) - start) / 1000000 )) ms; outputs in build/demo/fmnist/"
-/usr/bin/python3 - "$root/build/demo/fmnist" <<'PY'
+"$py" - "$root/build/demo/fmnist" <<'PY'
 import json, os, sys
 d = sys.argv[1]
 exp = json.load(open(os.path.join(d, "expected.json")))

@@ -20,16 +20,19 @@
 #
 # Environment:
 #   LIBTORCH      LibTorch with CUDA (the folder holding share/cmake/Torch); default: the
-#                 torch of `python3` (torch.utils.cmake_prefix_path), if it has CUDA
+#                 torch wheel of .venv/ (launch/install_deps.sh), else of `python3`
 #   BUILD_DIR     build folder (default: build-gpu/ of this checkout); SKIP_BUILD=1 reuses it
 #   JOBS          build parallelism (default: nproc)
 #   MPIRUN        launcher (default: mpirun)
-#   BNADAPT_PYTHON  Python with torch for fixtures and checks (default: python3)
+#   BNADAPT_PYTHON  Python with torch for fixtures and checks (default: .venv/bin/python,
+#                 else python3)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$root/build-gpu}
 mpirun=${MPIRUN:-mpirun}
-py=${BNADAPT_PYTHON:-python3}
+py=python3
+[ -x "$root/.venv/bin/python" ] && py="$root/.venv/bin/python"
+py=${BNADAPT_PYTHON:-$py}
 
 say() { echo "gpu_selftest: $*"; }
 die() { local code=$1; shift; echo "gpu_selftest: $*" >&2; exit "$code"; }
@@ -60,8 +63,10 @@ say "$gpus GPU(s) ($how)"
 
 # ---- 1. build against a CUDA LibTorch ----------------------------------------------------
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  # CMake itself refuses a LibTorch that is too old or of the pre-C++11 ABI.
   if [ -n "${LIBTORCH:-}" ]; then
     torch_prefix=$LIBTORCH
+    torch_args=(-DBNADAPT_TORCH_PYTHON= -DCMAKE_PREFIX_PATH="$torch_prefix")
     [ -f "$torch_prefix/share/cmake/Torch/TorchConfig.cmake" ] ||
       die 2 "LIBTORCH='$LIBTORCH' holds no share/cmake/Torch/TorchConfig.cmake"
     ls "$torch_prefix"/lib/libtorch_cuda.so* >/dev/null 2>&1 ||
@@ -71,13 +76,11 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
       die 2 "no LibTorch: set LIBTORCH to an unpacked LibTorch with CUDA (pytorch.org, C++/LibTorch, cxx11 ABI), or install torch with CUDA for $py"
     "$py" -c 'import sys, torch; sys.exit(0 if torch.version.cuda else 1)' ||
       die 2 "the torch of $py ($torch_prefix) has no CUDA (Debian's is CPU only): set LIBTORCH to a LibTorch with CUDA"
-    abi=$("$py" -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))')
-    [ "$abi" = 1 ] ||
-      die 2 "the torch of $py uses the pre-C++11 ABI, Debian's OpenCV and GoogleTest the C++11 one: set LIBTORCH to a 'cxx11 ABI' LibTorch"
+    torch_args=(-DBNADAPT_TORCH_PYTHON="$py")
   fi
   say "LibTorch: $torch_prefix"
   cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBNADAPT_WITH_NCCL=ON \
-    -DBNADAPT_BUILD_TESTS=ON -DCMAKE_PREFIX_PATH="$torch_prefix"
+    -DBNADAPT_BUILD_TESTS=ON -DBNADAPT_PYTHON="$py" "${torch_args[@]}"
   cmake --build "$build" -j"${JOBS:-$(nproc)}" --target bnadapt_dist bnadapt_unit_tests bnadapt_nccl_selftest
 fi
 ldd "$build/bnadapt_nccl_selftest" | grep -E 'libnccl|libcudart' || die 1 "bnadapt_nccl_selftest links no libnccl/libcudart"

@@ -10,10 +10,10 @@
 #include <thread>
 
 #include <ATen/Parallel.h>
-#include <ATen/autocast_mode.h>
 #include <torch/cuda.h>
 
 #include "common/log.h"
+#include "common/torch_compat.h"
 #include "app/fault_injection.h"
 #include "app/watchdog.h"
 #include "checkpoint/checkpoint.h"
@@ -257,7 +257,8 @@ std::vector<checkpoint::ExpectedBuffer> expectedBuffers(const model::AdaptableMo
 
 void logSettings(const config::Settings& st, const comm::Communicator& comm, int threads,
                  int data_threads) {
-  log::info0("bnadapt_dist ", BNADAPT_VERSION, ": ", comm.size(), " rank(s), ", threads,
+  log::info0("bnadapt_dist ", BNADAPT_VERSION, " (LibTorch ", compat::kTorchVersion, "; ",
+             comm::cudaLibraryVersions(), "): ", comm.size(), " rank(s), ", threads,
              " intra-op and ", data_threads,
              " data thread(s) per rank");
   if (!st.config_path.empty()) log::info0("config: ", st.config_path);
@@ -316,8 +317,7 @@ int choosePlacement(const config::Settings& st, comm::Communicator& comm, Watchd
           out.torch_device = c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(out.device.device));
           if (comm::kBuildHasCuda) out.uuid = comm::cudaDeviceUuid(out.device.device);
           // TF32 would put convolutions 1e-3 away from the CPU's results.
-          at::globalContext().setAllowTF32CuBLAS(false);
-          at::globalContext().setAllowTF32CuDNN(false);
+          compat::disableTF32OnCuda();
         }
       })) {
     return code;
@@ -382,13 +382,7 @@ ExitCode run(const config::Settings& st, comm::Communicator& comm) {
   // Activations in bf16 where the device supports it; observed sums stay float64.
   const bool bf16 = st.autocast == "bf16";
   if (bf16) {
-    if (on_gpu) {
-      at::autocast::set_enabled(true);
-      at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
-    } else {
-      at::autocast::set_cpu_enabled(true);
-      at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
-    }
+    compat::enableAutocast(on_gpu ? c10::DeviceType::CUDA : c10::DeviceType::CPU, at::kBFloat16);
   }
   // The batch as the model takes it: dtype, device (non-blocking from pinned memory), layout.
   auto toModel = [&](const at::Tensor& x, at::ScalarType dtype) {

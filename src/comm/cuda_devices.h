@@ -26,4 +26,9 @@ int cudaDeviceCountOrReason(std::string& reason);
 // Throws Error(kCommunication) when CUDA cannot say, Error(kInternal) in a build without CUDA.
 std::string cudaDeviceUuid(int device);
 
+// The CUDA runtime and NCCL this process loaded, as the start-up log names them, e.g.
+// "CUDA runtime 13.2, driver none, NCCL 2.30.7" (with the torch wheel they are the wheel's,
+// see CMakeLists.txt); "no CUDA in this build" without. Never throws.
+std::string cudaLibraryVersions();
+
 }  // namespace bnadapt::comm

@@ -14,4 +14,6 @@ std::string cudaDeviceUuid(int device) {
        ") in a build without CUDA (configure with -DBNADAPT_WITH_NCCL=ON)");
 }
 
+std::string cudaLibraryVersions() { return "no CUDA in this build"; }
+
 }  // namespace bnadapt::comm

@@ -99,6 +99,11 @@ torch::jit::Module loadModule(const std::string& path) {
   try {
     return torch::jit::load(path, c10::Device(c10::kCPU));
   } catch (const std::exception& e) {
+    const std::string newer = newerPyTorchAdvice(path);
+    if (!newer.empty()) {
+      fail(ExitCode::kModel, "model '", path, "' cannot be loaded as TorchScript: ",
+           summarizeTorchError(e), newer);
+    }
     fail(ExitCode::kModel, "model '", path, "' cannot be loaded as TorchScript: ",
          summarizeTorchError(e),
          " (expected an archive from torch.jit.script(...).save or torch.jit.trace(...).save)");
