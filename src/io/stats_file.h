@@ -1,5 +1,7 @@
 // The --stats-output file: a plain dict {"layer.running_mean": tensor, ...} in torch.save's
-// zip format, which Python's torch.load reads and load_state_dict(strict=False) accepts.
+// zip format, which Python's torch.load reads with its default weights_only=True (an
+// OrderedDict of _rebuild_tensor_v2 tensors: no TorchScript type tags) and
+// load_state_dict(strict=False) accepts.
 #pragma once
 
 #include <string>

@@ -105,7 +105,7 @@ def load_check(path, name):
         if name == "out.pt":
             torch.jit.load(path)
         elif name in ("stats.pt", "ckpt.pt"):
-            obj = torch.load(path)
+            obj = torch.load(path, weights_only=(name == "stats.pt"))
             if name == "stats.pt" and not (isinstance(obj, dict) and obj and all(
                     isinstance(v, torch.Tensor) for v in obj.values())):
                 return f"{name}: not a dict of tensors"

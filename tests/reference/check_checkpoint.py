@@ -132,7 +132,9 @@ def write_sha256(path):
 
 def load_stats(stats):
     if isinstance(stats, (str, os.PathLike)):
-        stats = torch.load(stats, map_location="cpu")
+        # The tool's stats file is a plain dict of tensors: it must load with the
+        # weights_only=True that torch >= 2.6 uses by default.
+        stats = torch.load(stats, map_location="cpu", weights_only=True)
     if not isinstance(stats, dict):
         raise ValueError(f"STATS must be a dict, got {type(stats).__name__}")
     return stats
@@ -551,9 +553,11 @@ def _resolve(root, stats_keys, key, prefix, res, label):
 
 
 def check_torch(inp, out, stats, key, prefix, res):
-    a = torch.load(inp, map_location="cpu")
+    # Full unpickling (the fixtures hold argparse.Namespace, numpy scalars, ...): whether OUT
+    # also loads with weights_only=True is checked separately, against IN.
+    a = torch.load(inp, map_location="cpu", weights_only=False)
     try:
-        b = torch.load(out, map_location="cpu")
+        b = torch.load(out, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001
         res.fail(out, f"torch.load failed: {type(e).__name__}: {e}")
         return
@@ -689,7 +693,7 @@ def make_out(inp, out, stats, key=None, prefix=None, mutate=None, legacy=None):
         with open(out, "wb") as f:
             f.write(struct.pack("<Q", len(hb)) + hb + bytes(body))
     else:
-        obj = torch.load(inp, map_location="cpu")
+        obj = torch.load(inp, map_location="cpu", weights_only=False)
         (path, pfx), = locate(obj, list(stats), key, prefix)
         sd = _navigate(obj, "/".join(map(str, path)))[0]
         for k, v in stats.items():
@@ -831,7 +835,7 @@ def selftest(fixdir, verbose=False):
          mutate=lambda o: o["model"].__setitem__("bn2.running_var", _nudge(o["model"]["bn2.running_var"], 3)))
     case("nested: bn1.running_mean left stale", "ckpt_nested.pt", False, "bn1.running_mean",
          mutate=lambda o: o["model"].__setitem__(
-             "bn1.running_mean", torch.load(p("ckpt_nested.pt"))["model"]["bn1.running_mean"]))
+             "bn1.running_mean", torch.load(p("ckpt_nested.pt"), weights_only=False)["model"]["bn1.running_mean"]))
     case("nested: num_batches_tracked not updated", "ckpt_nested.pt", False, "num_batches_tracked",
          mutate=lambda o: o["model"].__setitem__("bn1.num_batches_tracked", torch.tensor(7)))
     case("nested: BN buffer saved as float64", "ckpt_nested.pt", False, "dtype",
