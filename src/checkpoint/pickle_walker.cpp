@@ -1,5 +1,6 @@
 #include "checkpoint/pickle_walker.h"
 
+#include <cstdint>
 #include <cstring>
 #include <deque>
 #include <unordered_map>
@@ -246,22 +247,40 @@ class Unpickler {
     push(std::move(c));
   }
 
-  // torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...), storage a persistent
-  // ('storage', <type>, key, location, numel).
+  // Marks the calls that rebuild a tensor. A Parameter is its data's tensor; a tensor with
+  // Python attributes (or of a subclass) is _rebuild_from_type_v2(func, type, args, state).
   void recordTensor(PickleValue& c) {
     const PickleRef& fn = c.items[0];
     const auto& args = c.items[1]->items;
     if (isGlobal(fn, "torch._utils._rebuild_parameter") ||
         isGlobal(fn, "torch._utils._rebuild_parameter_with_state")) {
-      if (!args.empty()) c.tensor = args[0]->tensor;  // a Parameter is its data's tensor
+      if (!args.empty()) c.tensor = args[0]->tensor;
       return;
     }
-    if (!isGlobal(fn, "torch._utils._rebuild_tensor_v2") &&
+    if (isGlobal(fn, "torch._tensor._rebuild_from_type_v2")) {
+      if (args.size() >= 3 && args[2]->kind == Kind::kTuple) {
+        c.tensor = rebuildTensor(args[0], args[2]->items);
+      }
+      return;
+    }
+    c.tensor = rebuildTensor(fn, args);
+  }
+
+  // torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...) (and the older
+  // _rebuild_tensor), or _rebuild_tensor_v3(storage, offset, size, stride, requires_grad,
+  // hooks, dtype[, metadata]); storage a persistent ('storage', <storage class>, key,
+  // location, numel), numel counting elements of the storage class (bytes for
+  // torch.storage.UntypedStorage, which v3 uses). Null if `fn` rebuilds no tensor.
+  std::shared_ptr<const TensorRecord> rebuildTensor(const PickleRef& fn,
+                                                    const std::vector<PickleRef>& args) {
+    const bool v3 = isGlobal(fn, "torch._utils._rebuild_tensor_v3");
+    if (!v3 && !isGlobal(fn, "torch._utils._rebuild_tensor_v2") &&
         !isGlobal(fn, "torch._utils._rebuild_tensor")) {
-      return;
+      return nullptr;
     }
-    check(args.size() >= 4 && args[0]->kind == Kind::kPersistent, "malformed ", fn->text,
-          " call: expected (storage, offset, size, stride, ...)");
+    check(args.size() >= (v3 ? 7u : 4u) && args[0]->kind == Kind::kPersistent, "malformed ",
+          fn->text, " call: expected (storage, offset, size, stride, ",
+          v3 ? "requires_grad, hooks, dtype, ...)" : "...)");
     const PickleRef& pid = args[0]->items.at(0);
     check(pid->kind == Kind::kTuple && pid->items.size() >= 5 &&
               pid->items[0]->kind == Kind::kString && pid->items[0]->text == "storage" &&
@@ -269,10 +288,28 @@ class Unpickler {
           "malformed storage reference in ", fn->text);
     TensorRecord rec;
     rec.storage_type = pid->items[1]->text;
-    rec.dtype = storageDtype(rec.storage_type);
     rec.storage_key = pid->items[2]->text;
-    check(asInt(pid->items[4], rec.storage_numel) && rec.storage_numel >= 0,
-          "malformed storage size in ", fn->text);
+    int64_t stored = 0;  // in elements of the storage class
+    check(asInt(pid->items[4], stored) && stored >= 0, "malformed storage size in ", fn->text);
+    const DtypeInfo* storage = dtypeByStorage(rec.storage_type);
+    const DtypeInfo* dtype = storage;
+    if (v3) {
+      check(args[6]->kind == Kind::kGlobal, "malformed ", fn->text,
+            " call: its 7th argument is not a dtype");
+      rec.type_name = args[6]->text;
+      dtype = dtypeByName(rec.type_name);
+    } else {
+      rec.type_name = storage ? std::string(storage->name) : rec.storage_type;
+    }
+    rec.dtype = dtype ? dtype->type : c10::ScalarType::Undefined;
+    if (!v3 || (storage != nullptr && storage == dtype)) {
+      rec.storage_numel = stored;
+    } else if (storage == nullptr || dtype == nullptr) {
+      rec.storage_numel = -1;  // the size of an element, or of the storage, is unknown
+    } else {
+      check(stored <= INT64_MAX / storage->size, "malformed storage size in ", fn->text);
+      rec.storage_numel = stored * storage->size / dtype->size;
+    }
     check(asInt(args[1], rec.offset) && asIntTuple(args[2], rec.sizes) &&
               asIntTuple(args[3], rec.strides) && rec.sizes.size() == rec.strides.size() &&
               rec.offset >= 0,
@@ -281,8 +318,8 @@ class Unpickler {
       check(rec.sizes[i] >= 0 && rec.strides[i] >= 0, "negative size or stride in ", fn->text);
     }
     auto shared = std::make_shared<const TensorRecord>(std::move(rec));
-    c.tensor = shared;
-    result_.tensors.push_back(std::move(shared));
+    result_.tensors.push_back(shared);
+    return shared;
   }
 
   void step(uint8_t op) {
@@ -516,17 +553,74 @@ class Unpickler {
 
 }  // namespace
 
-c10::ScalarType storageDtype(std::string_view type) {
-  static const std::pair<const char*, c10::ScalarType> kTypes[] = {
-      {"torch.FloatStorage", c10::kFloat},     {"torch.DoubleStorage", c10::kDouble},
-      {"torch.HalfStorage", c10::kHalf},       {"torch.BFloat16Storage", c10::kBFloat16},
-      {"torch.LongStorage", c10::kLong},       {"torch.IntStorage", c10::kInt},
-      {"torch.ShortStorage", c10::kShort},     {"torch.CharStorage", c10::kChar},
-      {"torch.ByteStorage", c10::kByte},       {"torch.BoolStorage", c10::kBool}};
-  for (const auto& [name, dtype] : kTypes) {
-    if (type == name) return dtype;
+namespace {
+
+// Every dtype torch 2.15 has. The tool patches and reads only those with a c10 type here;
+// the rest are copied byte for byte (LibTorch 1.13 lacks uint16 and float8 anyway).
+constexpr DtypeInfo kDtypes[] = {
+    {"torch.float32", "torch.FloatStorage", 4, c10::kFloat},
+    {"torch.float64", "torch.DoubleStorage", 8, c10::kDouble},
+    {"torch.float16", "torch.HalfStorage", 2, c10::kHalf},
+    {"torch.bfloat16", "torch.BFloat16Storage", 2, c10::kBFloat16},
+    {"torch.int64", "torch.LongStorage", 8, c10::kLong},
+    {"torch.int32", "torch.IntStorage", 4, c10::kInt},
+    {"torch.int16", "torch.ShortStorage", 2, c10::kShort},
+    {"torch.int8", "torch.CharStorage", 1, c10::kChar},
+    {"torch.uint8", "torch.ByteStorage", 1, c10::kByte},
+    {"torch.bool", "torch.BoolStorage", 1, c10::kBool},
+    {"torch.complex64", "torch.ComplexFloatStorage", 8},
+    {"torch.complex128", "torch.ComplexDoubleStorage", 16},
+    {"torch.qint8", "torch.QInt8Storage", 1},
+    {"torch.quint8", "torch.QUInt8Storage", 1},
+    {"torch.qint32", "torch.QInt32Storage", 4},
+    {"torch.quint4x2", "torch.QUInt4x2Storage", 1},
+    {"torch.quint2x4", "torch.QUInt2x4Storage", 1},
+    {"torch.complex32", "", 4},
+    {"torch.uint16", "", 2},
+    {"torch.uint32", "", 4},
+    {"torch.uint64", "", 8},
+    {"torch.float8_e4m3fn", "", 1},
+    {"torch.float8_e4m3fnuz", "", 1},
+    {"torch.float8_e5m2", "", 1},
+    {"torch.float8_e5m2fnuz", "", 1},
+    {"torch.float8_e8m0fnu", "", 1},
+    {"torch.float4_e2m1fn_x2", "", 1},
+    {"torch.bits1x8", "", 1},
+    {"torch.bits2x4", "", 1},
+    {"torch.bits4x2", "", 1},
+    {"torch.bits8", "", 1},
+    {"torch.bits16", "", 2},
+    {"torch.uint1", "", 1}, {"torch.uint2", "", 1}, {"torch.uint3", "", 1},
+    {"torch.uint4", "", 1}, {"torch.uint5", "", 1}, {"torch.uint6", "", 1},
+    {"torch.uint7", "", 1},
+    {"torch.int1", "", 1},  {"torch.int2", "", 1},  {"torch.int3", "", 1},
+    {"torch.int4", "", 1},  {"torch.int5", "", 1},  {"torch.int6", "", 1},
+    {"torch.int7", "", 1},
+};
+
+}  // namespace
+
+const DtypeInfo* dtypeByName(std::string_view name) {
+  for (const DtypeInfo& d : kDtypes) {
+    if (d.name == name) return &d;
   }
-  return c10::ScalarType::Undefined;
+  return nullptr;
+}
+
+const DtypeInfo* dtypeByStorage(std::string_view storage_type) {
+  // torch.save names the class by its module; a hand-written pickle may use the alias.
+  if (storage_type == "torch.storage.UntypedStorage" || storage_type == "torch.UntypedStorage") {
+    return dtypeByName("torch.uint8");
+  }
+  for (const DtypeInfo& d : kDtypes) {
+    if (!d.storage.empty() && d.storage == storage_type) return &d;
+  }
+  return nullptr;
+}
+
+c10::ScalarType storageDtype(std::string_view storage_type) {
+  const DtypeInfo* d = dtypeByStorage(storage_type);
+  return d ? d->type : c10::ScalarType::Undefined;
 }
 
 PickleValue::~PickleValue() {

@@ -1,8 +1,11 @@
 // A pickle reader for torch.save's data.pkl that builds a tree of values without running any
 // Python: globals become names, calls (REDUCE, NEWOBJ) stay unevaluated, persistent ids stay
 // as their tuples. Enough to find every tensor (torch._utils._rebuild_tensor_v2 calls on
-// persistent storages) and the dict keys that lead to it, while any object the tool cannot
-// construct (argparse.Namespace, numpy scalars, ...) is kept opaque. Protocols 0-5.
+// typed storages; _rebuild_tensor_v3, torch 2.x's form for dtypes without a legacy storage
+// class such as uint16 or float8, on untyped ones; either wrapped in a Parameter or in
+// torch._tensor._rebuild_from_type_v2) and the dict keys that lead to it, while any object
+// the tool cannot construct (argparse.Namespace, numpy scalars, ...) is kept opaque.
+// Protocols 0-5.
 //
 // Hostile input is expected: every read is bounds-checked, sizes are capped, and every
 // problem is an Error(kCheckpoint) naming the file and byte offset. Never a crash.
@@ -54,15 +57,33 @@ struct PickleValue {
 // A tensor as torch.save stores it: a view into a storage record.
 struct TensorRecord {
   std::string storage_key;   // the record "data/<storage_key>"
-  std::string storage_type;  // e.g. "torch.FloatStorage"
-  c10::ScalarType dtype = c10::ScalarType::Undefined;  // Undefined: a storage type we do not patch
+  std::string storage_type;  // the storage class: "torch.FloatStorage", "torch.storage.UntypedStorage"
+  std::string type_name;     // the tensor's dtype for messages: "torch.float16", "torch.uint16"
+  // Undefined: a dtype the tool neither patches nor reads (uint16, float8, complex, ...); such
+  // tensors are only ever copied byte for byte.
+  c10::ScalarType dtype = c10::ScalarType::Undefined;
+  // The storage's size in elements of the tensor's dtype; -1 when that dtype's size is unknown.
   int64_t storage_numel = 0;
   int64_t offset = 0;  // in elements
   std::vector<int64_t> sizes;
   std::vector<int64_t> strides;
 };
 
-// The element type of a legacy typed storage name ("torch.HalfStorage"), or Undefined.
+// A torch dtype as pickles name it. `type` is Undefined for the dtypes the tool does not
+// handle (it still knows their element size).
+struct DtypeInfo {
+  std::string_view name;     // "torch.float16": the global a _rebuild_tensor_v3 call names
+  std::string_view storage;  // "torch.HalfStorage": its legacy storage class; empty if none
+  int64_t size = 0;          // bytes per element
+  c10::ScalarType type = c10::ScalarType::Undefined;
+};
+// By dtype name ("torch.uint16"), or null.
+const DtypeInfo* dtypeByName(std::string_view name);
+// By storage class ("torch.HalfStorage"; the untyped "torch.storage.UntypedStorage" holds
+// bytes, torch.uint8), or null.
+const DtypeInfo* dtypeByStorage(std::string_view storage_type);
+
+// The element type of a storage class ("torch.HalfStorage"), or Undefined.
 c10::ScalarType storageDtype(std::string_view storage_type);
 
 // Frees a value graph without recursion (hostile pickles nest millions deep or form cycles).

@@ -12,11 +12,15 @@
 #include "checkpoint/pickle_walker.h"
 #include "checkpoint/tensor_bytes.h"
 #include "common/error.h"
+#include "common/torch_compat.h"
 
 namespace bnadapt::checkpoint {
 namespace {
 
 std::string firstLine(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+// torch.save (2.7+) states the alignment of its records' data in this record, "64" by default.
+constexpr const char* kAlignmentRecord = ".storage_alignment";
 
 class TorchZipCheckpoint final : public Checkpoint {
  public:
@@ -51,6 +55,7 @@ class TorchZipCheckpoint final : public Checkpoint {
       BNA_CHECK(order == "little", ExitCode::kCheckpoint, path_, ": byte order '", order,
                 "' is not supported (little-endian only)");
     }
+    if (reader_->hasRecord(kAlignmentRecord)) alignment_ = readAlignment();
     auto [ptr, size] = readRecord("data.pkl");
     pickle_ = unpickle(std::string_view(static_cast<const char*>(ptr.get()), size),
                        path_ + " (data.pkl)");
@@ -79,7 +84,7 @@ class TorchZipCheckpoint final : public Checkpoint {
         continue;  // num_batches_tracked of a very old checkpoint
       }
       const TensorRecord& rec = *it->second;
-      checkCompatible(path_, key, b, rec.sizes, rec.dtype, rec.storage_type);
+      checkCompatible(path_, key, b, rec.sizes, rec.dtype, rec.type_name);
       const std::string record = "data/" + rec.storage_key;
       BNA_CHECK(reader_->hasRecord(record), ExitCode::kCheckpoint, path_, ": key '", key,
                 "' refers to storage record '", record, "', which is missing");
@@ -127,20 +132,29 @@ class TorchZipCheckpoint final : public Checkpoint {
       if (write_errno == 0 && std::fwrite(data, 1, n, file) != n) write_errno = errno ? errno : EIO;
       return n;
     };
+    // The input's records in the input's order (torch.load's calculate_storage_offsets
+    // relies on it), aligned as the input says where this LibTorch's writer can; where it
+    // cannot, the alignment record states the one used. The writer adds the version record,
+    // and from LibTorch 2.x on it writes its own .data/serialization_id (the copied one is
+    // dropped): this is a different file, so a different id.
+    const uint64_t alignment = compat::streamWriterAlignment(alignment_);
     try {
-      caffe2::serialize::PyTorchStreamWriter writer(sink);
-      writer.setMinVersion(reader_->version());
+      auto writer = compat::makeStreamWriter(sink, alignment);
+      writer->setMinVersion(reader_->version());
       for (const std::string& name : reader_->getAllRecords()) {
         if (name == "version" || name == ".data/version") continue;  // the writer adds it
         auto p = patched.find(name);
         if (p != patched.end()) {
-          writer.writeRecord(name, p->second.data(), p->second.size());
+          writer->writeRecord(name, p->second.data(), p->second.size());
+        } else if (name == kAlignmentRecord && alignment != alignment_) {
+          const std::string stated = std::to_string(alignment);
+          writer->writeRecord(name, stated.data(), stated.size());
         } else {
           auto [ptr, size] = readRecord(name);
-          writer.writeRecord(name, ptr.get(), size);
+          writer->writeRecord(name, ptr.get(), size);
         }
       }
-      writer.writeEndOfFile();
+      writer->writeEndOfFile();
     } catch (const c10::Error& e) {
       std::fclose(file);
       fail(ExitCode::kOutput, "writing the checkpoint failed: ", firstLine(e.what_without_backtrace()));
@@ -222,6 +236,24 @@ class TorchZipCheckpoint final : public Checkpoint {
     }
   }
 
+  // The alignment the input's .storage_alignment record states: a decimal number of bytes
+  // from 1 to 1 MiB (torch.save writes 64 unless configured otherwise).
+  uint64_t readAlignment() const {
+    constexpr uint64_t kMaxAlignment = uint64_t{1} << 20;
+    auto [ptr, size] = readRecord(kAlignmentRecord);
+    const std::string text(static_cast<const char*>(ptr.get()), size);
+    uint64_t value = 0;
+    bool ok = !text.empty() && text.size() <= 8;
+    for (char ch : text) {
+      ok = ok && ch >= '0' && ch <= '9';
+      if (ok) value = value * 10 + static_cast<uint64_t>(ch - '0');
+    }
+    BNA_CHECK(ok && value >= 1 && value <= kMaxAlignment, ExitCode::kCheckpoint, path_,
+              ": record '", kAlignmentRecord, "' holds '", text.substr(0, 32),
+              "', expected a record alignment in bytes (1 to ", kMaxAlignment, ")");
+    return value;
+  }
+
   // A record's bytes; a damaged archive (bad header, CRC) is a checkpoint error.
   std::tuple<at::DataPtr, size_t> readRecord(const std::string& name) const {
     try {
@@ -234,6 +266,7 @@ class TorchZipCheckpoint final : public Checkpoint {
 
   std::string path_;
   std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader_;
+  uint64_t alignment_ = compat::kDefaultRecordAlignment;  // of the input's record data
   UnpickleResult pickle_;
   std::vector<DictNode> dicts_;
   KeyMatch match_;

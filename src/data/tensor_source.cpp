@@ -1,8 +1,9 @@
 // Tensor data: torch.save files (one, or a folder of shards) read sample by sample.
 //
 // torch.save writes a zip archive whose storage records are stored, not compressed, at
-// 64-byte aligned offsets. The pickle (data.pkl, small) is walked without running Python
-// (checkpoint/pickle_walker.h) to find the inputs tensor's record, shape and strides; then
+// aligned offsets (64 bytes, or torch 2.x's config.save.storage_alignment). The pickle
+// (data.pkl, small) is walked without running Python (checkpoint/pickle_walker.h) to find
+// the inputs tensor's record, shape and strides; then
 // each sample is one pread at a computed offset. A rank therefore holds only the batches it
 // forwards, whatever the size of the file, and the page cache is shared between ranks.
 #include <fcntl.h>
@@ -13,6 +14,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -107,29 +109,39 @@ struct Shard {
   }
 };
 
-// The file offset of record `name`'s bytes, checked to be stored uncompressed: the local
-// zip header that precedes them must say so (method 0). `data_start` comes from the reader.
+// Checks that record `name`, whose bytes start at `data_start` (from the reader), is stored
+// uncompressed: the local zip header before them must say so (method 0). The header is
+// "PK\3\4", ..., method at +8, name length at +26, extra length at +28 (30 bytes), then the
+// name and the extra field, where torch pads to align the data (to as much as 4096 bytes or
+// more with torch 2.x's storage_alignment). The header is found by scanning back from the
+// data, nearest first: both lengths are 16-bit, so it starts at most 30 + 2 * 65535 bytes
+// before, whatever the alignment (and whatever the LibTorch version's reader can tell).
 void checkStored(int fd, const std::string& path, const std::string& name, uint64_t data_start) {
-  // Local header: "PK\3\4", ..., method at +8, name length at +26, extra length at +28,
-  // then the name and the extra field; torch pads the extra field to align the data.
-  constexpr uint64_t kWindow = 30 + 1024 + 1024;
-  const uint64_t from = data_start > kWindow ? data_start - kWindow : 0;
+  constexpr uint64_t kHeader = 30;
+  constexpr uint64_t kMaxBack = kHeader + 2 * 0xFFFF;
+  const uint64_t from = data_start > kMaxBack ? data_start - kMaxBack : 0;
+  BNA_CHECK(from + kHeader <= data_start, ExitCode::kData, "data file '", path, "': record '",
+            name, "' starts at offset ", data_start, ", before any zip header could");
   std::vector<unsigned char> buf(data_start - from);
   BNA_CHECK(preadFully(fd, buf.data(), buf.size(), from), ExitCode::kData, "data file '", path,
             "': cannot read the zip header of record '", name, "'");
   auto le16 = [&](size_t at) { return static_cast<uint64_t>(buf[at] | (buf[at + 1] << 8)); };
-  for (size_t at = buf.size() >= 30 ? buf.size() - 30 : 0; at + 30 <= buf.size(); --at) {
-    if (buf[at] == 'P' && buf[at + 1] == 'K' && buf[at + 2] == 3 && buf[at + 3] == 4 &&
-        from + at + 30 + le16(at + 26) + le16(at + 28) == data_start) {
-      BNA_CHECK(le16(at + 8) == 0, ExitCode::kData, "data file '", path, "': record '", name,
-                "' is compressed (method ", le16(at + 8),
-                "); torch.save stores records uncompressed: save the data again with torch.save");
-      return;
+  auto isHeader = [&](size_t at) {
+    return buf[at] == 'P' && buf[at + 1] == 'K' && buf[at + 2] == 3 && buf[at + 3] == 4 &&
+           from + at + kHeader + le16(at + 26) + le16(at + 28) == data_start;
+  };
+  std::optional<size_t> found;
+  for (size_t at = buf.size() - kHeader + 1; at-- > 0;) {  // the nearest one first
+    if (isHeader(at)) {
+      found = at;
+      break;
     }
-    if (at == 0) break;
   }
-  fail(ExitCode::kData, "data file '", path, "': no zip header found before record '", name,
-       "'; ", kExpected);
+  BNA_CHECK(found, ExitCode::kData, "data file '", path, "': no zip header found before record '",
+            name, "'; ", kExpected);
+  BNA_CHECK(le16(*found + 8) == 0, ExitCode::kData, "data file '", path, "': record '", name,
+            "' is compressed (method ", le16(*found + 8),
+            "); torch.save stores records uncompressed: save the data again with torch.save");
 }
 
 Shard openShard(const std::string& path) {
@@ -191,7 +203,7 @@ Shard openShard(const std::string& path) {
   static const std::vector<c10::ScalarType> kFloating = {c10::kFloat, c10::kDouble, c10::kHalf,
                                                         c10::kBFloat16};
   BNA_CHECK(std::find(kFloating.begin(), kFloating.end(), in.dtype) != kFloating.end(),
-            ExitCode::kData, "data file '", path, "': inputs are ", in.storage_type,
+            ExitCode::kData, "data file '", path, "': inputs are ", in.type_name,
             ", expected a floating-point tensor (float32, float64, float16 or bfloat16; convert "
             "integer images with .float() and scale them as the model expects)");
   BNA_CHECK(in.sizes.size() >= 2, ExitCode::kData, "data file '", path, "': inputs have shape ",
@@ -242,7 +254,7 @@ Shard openShard(const std::string& path) {
     BNA_CHECK(c10::isIntegralType(lt.dtype, /*includeBool=*/false) && lt.sizes.size() == 1 &&
                   lt.sizes[0] == shard.samples && isContiguous(lt) && lt.offset >= 0 &&
                   lt.sizes[0] <= lt.storage_numel - lt.offset,
-              ExitCode::kData, "data file '", path, "': \"labels\" is ", lt.storage_type, " ",
+              ExitCode::kData, "data file '", path, "': \"labels\" is ", lt.type_name, " ",
               shapeString(lt.sizes), ", expected an integer tensor [", shard.samples, "]");
     at::DataPtr bytes;
     try {
