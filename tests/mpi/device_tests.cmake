@@ -7,9 +7,10 @@ bna_expect_failure(device_cuda_unavailable 2 2 "--device cuda.*(no CUDA|CUDA una
 bna_expect_failure(backend_nccl_on_cpu 2 2 "nccl"
                    ${BNA_GOOD} --backend nccl ${BNA_OUTS})
 
-# bna_speed_option(<name> <tolerance> <flags>...): a resnet run at np = 2 with the flags,
-# checked against the float64 reference with the given tolerance.
-function(bna_speed_option name tol)
+# bna_speed_option(<name> <precision> <flags>...): a resnet run at np = 2 with the flags,
+# checked against the float64 reference with tolerances derived from the forward noise of the
+# given precision (model: float32; bf16: autocast), see check_outputs.py.
+function(bna_speed_option name precision)
   set(dir ${BNA_RUNS}/device/${name}_np2)
   bna_mpi_command(cmd 2 --model ${BNA_FIX}/resnet_scripted.pt --data ${BNA_FIX}/data_img32.pt
                   --samples 64 --batch-size 16 ${ARGN} --output ${dir}/out.pt
@@ -21,14 +22,16 @@ function(bna_speed_option name tol)
   add_test(NAME device_check_${name}
            COMMAND ${BNADAPT_PYTHON} ${BNA_SRC_TESTS}/reference/check_outputs.py --kind resnet
                    --model ${BNA_FIX}/resnet_scripted.pt --data ${BNA_FIX}/data_img32.pt
-                   --samples 64 --batch-size 16 --weighting samples --tol ${tol}
-                   --forward-tol 0.05 --runs ${dir})
+                   --samples 64 --batch-size 16 --weighting samples --precision ${precision}
+                   --runs ${dir})
   set_tests_properties(device_check_${name} PROPERTIES
                        FIXTURES_REQUIRED "bna_fixtures;bna_device_${name}" TIMEOUT 300 LABELS mpi)
 endfunction()
 
 # channels-last: the same arithmetic in another layout, as exact as the default.
-bna_speed_option(channels_last 1e-5 --channels-last)
-# bf16 autocast: activations keep ~3 significant digits, which compound over 20 BN layers
-# (measured: up to 5.4e-2 relative var error, 1.7e-2 sigma in the mean); sums stay float64.
-bna_speed_option(autocast_bf16 0.1 --autocast bf16)
+bna_speed_option(channels_last model --channels-last)
+# bf16 autocast: activations keep ~3 significant digits, which compound over 20 BN layers;
+# the bound is 4x the error of a Python bf16-autocast reference of the same batches (its noise
+# envelope by depth), not a fixed number: how far bf16 lands depends on the CPU's kernels
+# (native avx512_bf16 or emulated). Sums stay float64.
+bna_speed_option(autocast_bf16 bf16 --autocast bf16)

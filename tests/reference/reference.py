@@ -112,8 +112,10 @@ class Reference:
     elements: dict = field(default_factory=dict)  # name -> total element count per channel
 
 
-def compute_reference(kind, model_path, data_path, samples, batch_size, dtype=torch.float64):
-    """Reference statistics; dtype=float32 gives a float32 forward (accumulation stays float64)."""
+def compute_reference(kind, model_path, data_path, samples, batch_size, dtype=torch.float64,
+                      autocast=None):
+    """Reference statistics; dtype=float32 gives a float32 forward (accumulation stays float64);
+    autocast=torch.bfloat16 runs each forward under CPU autocast, as the tool's --autocast bf16."""
     model = load_eager(kind, model_path, dtype)
     inputs = load_inputs(data_path)
     used, nb = budget(samples, batch_size, inputs.shape[0])
@@ -153,7 +155,11 @@ def compute_reference(kind, model_path, data_path, samples, batch_size, dtype=to
                 lo, hi = b * batch_size, min((b + 1) * batch_size, used)
                 for name, _ in tracked:
                     current[name] = _Moments()
-                model(inputs[lo:hi].to(dtype))
+                if autocast is None:
+                    model(inputs[lo:hi].to(dtype))
+                else:
+                    with torch.autocast("cpu", dtype=autocast):
+                        model(inputs[lo:hi].to(dtype))
                 for name, _ in tracked:
                     mo = current[name]
                     if mo.n == 0:
