@@ -119,15 +119,20 @@ def main():
     ap.add_argument("--absolute", action="store_true",
                     help="apply --limit to the whole run, start-up included")
     ap.add_argument("--only", default=None, help="run only the files whose name matches")
+    ap.add_argument("--every", type=int, default=1,
+                    help="run every Nth file of the manifest (a deterministic sample)")
     a = ap.parse_args()
     binary = os.path.abspath(a.binary)
     corpus = os.path.abspath(a.corpus)
     cases = read_manifest(corpus)
     if a.only:
         cases = [c for c in cases if re.search(a.only, c[0])]
+    sampled = a.every > 1
+    if sampled:
+        cases = cases[::a.every]
     listed = {name for name, _ in cases}
     on_disk = {n for n in os.listdir(corpus) if n != "EXPECTED.tsv"}
-    unlisted = sorted(on_disk - listed) if not a.only else []
+    unlisted = sorted(on_disk - listed) if not (a.only or sampled) else []
 
     scratch = tempfile.mkdtemp(prefix="bna_malformed_")
     work = os.path.join(scratch, "cwd")  # every run's working folder: must stay empty

@@ -6,7 +6,7 @@
 #   fuzz_config      config text -> parseSettingsFromText (src/config; no LibTorch)
 #   fuzz_checkpoint  pickle walker, safetensors reader, torch.save zip (links LibTorch)
 #
-# Env: FUZZ_SECONDS (default 60) per target; CXX (default clang++-14, else clang++);
+# Env: FUZZ_SECONDS (default 60) per target, 0 = replay the corpora only; CXX (default clang++-14, else clang++);
 # FUZZ_TARGETS (default "fuzz_config fuzz_checkpoint"). The targets need only their own
 # sources, not the project build; they are rebuilt when a source is newer. Seeds: the
 # malformed config corpus and configs/*.json (each behind a mode byte, see fuzz_config.cpp),
@@ -30,8 +30,19 @@ if [ -z "$cxx" ] || ! echo 'extern "C" int LLVMFuzzerTestOneInput(const char*, u
 fi
 rm -f "$build/.probe"
 
+# LibTorch for fuzz_checkpoint: the .venv torch wheel (the primary build's, C++20), else
+# Debian's 1.13 (whose headers clang compiles only as C++17).
+torch_root=$(ls -d "$root"/.venv/lib/python3*/site-packages/torch 2>/dev/null | head -1 || true)
+if [ -n "$torch_root" ] && [ -d "$torch_root/include" ]; then
+  std=c++20
+  torch_libs="-isystem $torch_root/include -isystem $torch_root/include/torch/csrc/api/include
+    -L$torch_root/lib -ltorch_cpu -lc10 -Wl,-rpath,$torch_root/lib"
+else
+  std=c++17
+  torch_libs="-isystem /usr/include/torch/csrc/api/include -ltorch_cpu -lc10"
+fi
 # shellcheck disable=SC2054  # the commas belong to -fsanitize
-flags=(-std=c++17 -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined
+flags=(-std=$std -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined
        -fno-sanitize-recover=undefined -D_GLIBCXX_USE_CXX11_ABI=1 -I"$root/src")
 src="$root/src"
 declare -A sources libs
@@ -41,7 +52,7 @@ libs[fuzz_config]=""
 sources[fuzz_checkpoint]="$root/tests/fuzz/fuzz_checkpoint.cpp $src/checkpoint/pickle_walker.cpp
   $src/checkpoint/safetensors.cpp $src/checkpoint/torch_zip_checkpoint.cpp
   $src/checkpoint/tensor_bytes.cpp $src/checkpoint/key_match.cpp $src/common/error.cpp"
-libs[fuzz_checkpoint]="-isystem /usr/include/torch/csrc/api/include -ltorch_cpu -lc10"
+libs[fuzz_checkpoint]=$torch_libs
 
 for t in $targets; do
   bin="$build/$t"
@@ -77,9 +88,15 @@ for t in $targets; do
   seeds=$seeds_config
   [ "$t" = fuzz_checkpoint ] && seeds=$seeds_checkpoint
   log="$build/$t.log"
-  echo "run_fuzzers: $t for ${seconds}s (log: $log)"
   rc=0
-  "$build/$t" -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=65536 -timeout=25 \
+  if [ "$seconds" = 0 ]; then  # replay the corpora only: every seed and saved input once
+    echo "run_fuzzers: $t: replaying its corpus (log: $log)"
+    budget=(-runs=0)
+  else
+    echo "run_fuzzers: $t for ${seconds}s (log: $log)"
+    budget=(-max_total_time="$seconds")
+  fi
+  "$build/$t" "${budget[@]}" -rss_limit_mb=2048 -max_len=65536 -timeout=25 \
       -error_exitcode=86 -timeout_exitcode=87 -print_final_stats=1 \
       -artifact_prefix="$build/artifacts/$t-" "$corpus" "$seeds" > "$log" 2>&1 || rc=$?
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)

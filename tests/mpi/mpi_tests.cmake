@@ -163,3 +163,19 @@ include(${CMAKE_CURRENT_LIST_DIR}/checkpoint_tests.cmake)
 include(${CMAKE_CURRENT_LIST_DIR}/data_tests.cmake)
 include(${CMAKE_CURRENT_LIST_DIR}/reliability_tests.cmake)
 include(${CMAKE_CURRENT_LIST_DIR}/device_tests.cmake)
+
+# A LibTorch 1.x build given a model that PyTorch 2.x saved with an operator 1.x lacks: exit 4,
+# both versions named, what to do. Needs a torch 2.x Python to write it (BNADAPT_NEWER_PYTHON,
+# which launch/test.sh sets to .venv's for the 1.13 build).
+set(BNADAPT_NEWER_PYTHON "" CACHE FILEPATH "Python with torch 2.x, for the 1.x build's newer-model test")
+if(Torch_VERSION VERSION_LESS 2.0 AND BNADAPT_NEWER_PYTHON)
+  add_test(NAME fixture_newer_model
+           COMMAND ${BNADAPT_NEWER_PYTHON} ${BNA_SRC_TESTS}/fixtures/make_newer_model.py
+                   ${BNA_BAD}/newer_torch_model.pt)
+  set_tests_properties(fixture_newer_model PROPERTIES FIXTURES_SETUP bna_newer_model LABELS mpi TIMEOUT 120)
+  bna_expect_failure(newer_torch_model 1 4
+                     "newer_torch_model.pt' cannot be loaded as TorchScript: .*saved by PyTorch 2.x .*newer than this build's LibTorch 1\\.13.*re-export the model with torch.jit.save from PyTorch 1\\.13"
+                     --model ${BNA_BAD}/newer_torch_model.pt --data ${BNA_FIX}/data_vec48.pt --samples 20 --batch-size 5 ${BNA_OUTS})
+  set_property(TEST bad_newer_torch_model APPEND PROPERTY FIXTURES_REQUIRED bna_newer_model)
+  set_property(TEST bad_newer_torch_model APPEND PROPERTY LABELS smoke)
+endif()

@@ -137,11 +137,18 @@ set_tests_properties(bad_existing_output PROPERTIES FIXTURES_REQUIRED bna_fixtur
                      ENVIRONMENT "${BNA_MPI_ENV}" TIMEOUT 60 LABELS reliability)
 
 # ---- crash-safe writing: rank 0 SIGKILLed before, mid and after writing (fsynced, not yet
-# renamed), 20 times each, half of them over earlier outputs: every target absent or
-# complete (loads in Python, sidecar matches), no temp file left, inputs unchanged.
+# renamed), half of the runs over earlier outputs: every target absent or complete (loads in
+# Python, sidecar matches), no temp file left, inputs unchanged. Per commit 3 runs per kill
+# point; the long tier 20.
+add_test(NAME rel_crash_write_smoke
+         COMMAND ${BNADAPT_PYTHON} ${BNA_SRC_TESTS}/mpi/crash_write_test.py
+                 --tool $<TARGET_FILE:bnadapt_dist> --mpiexec ${MPIEXEC_EXECUTABLE}
+                 --fixtures ${BNA_FIX} --out ${BNA_RUNS}/crash_write_smoke --reps 3 --np2-reps 1)
+set_tests_properties(rel_crash_write_smoke PROPERTIES FIXTURES_REQUIRED "bna_fixtures;bna_ckpt_fixtures"
+                     ENVIRONMENT "${BNA_MPI_ENV}" TIMEOUT 400 LABELS reliability PROCESSORS 2)
 add_test(NAME rel_crash_write
          COMMAND ${BNADAPT_PYTHON} ${BNA_SRC_TESTS}/mpi/crash_write_test.py
                  --tool $<TARGET_FILE:bnadapt_dist> --mpiexec ${MPIEXEC_EXECUTABLE}
                  --fixtures ${BNA_FIX} --out ${BNA_RUNS}/crash_write)
 set_tests_properties(rel_crash_write PROPERTIES FIXTURES_REQUIRED "bna_fixtures;bna_ckpt_fixtures"
-                     ENVIRONMENT "${BNA_MPI_ENV}" TIMEOUT 400 LABELS reliability PROCESSORS 2)
+                     ENVIRONMENT "${BNA_MPI_ENV}" TIMEOUT 400 LABELS "reliability;long" PROCESSORS 2)
