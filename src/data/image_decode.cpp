@@ -158,6 +158,15 @@ void checkPixels(int64_t width, int64_t height, const std::string& name, const I
 }
 
 // ---- PIL's resampling ------------------------------------------------------------------------
+//
+// Matched: Pillow 13.0 (src/libImaging/Resample.c, ImagingResampleInner), the Pillow of the
+// project's torchvision environment. PIL resizes in two separable passes with an 8-bit image
+// between them, so the order of the passes changes results by 1/255 here and there. Before
+// Pillow 13 (9.4 checked) the horizontal pass always ran first; Pillow 13
+// (python-pillow/Pillow#9549, "if height is scaled down significantly more than width,
+// resize vertically first") runs the vertical pass first when the height shrinks by more
+// than twice as many pixels as the width does (verticalPassFirst). The windows, weights and
+// fixed-point arithmetic of each pass are the same in 9.4 and 13.0 (single-axis resizes agree).
 
 // PIL's PRECISION_BITS for 8-bit images: weights are 22-bit fixed point, sums fit int32.
 constexpr int kPrecisionBits = 32 - 8 - 2;
@@ -196,33 +205,55 @@ void toFixedTaps(const ResampleWindows& w, int64_t in_size, FixedTaps& f) {
   }
 }
 
-// Horizontal pass over one input row (BGR) into `dst` (RGB, 8-bit as PIL's intermediate).
-// kTaps > 0: the number of taps at compile time; 0: f.taps at run time.
-template <int kTaps>
-void horizontalRow(const uint8_t* src, const FixedTaps& f, uint8_t* dst) {
+// Where a pass puts its sums (b, g, r: the channel order of OpenCV's images, which both
+// passes keep): PIL's 8-bit intermediate image (ToBytes, BGR) or, after the second pass, the
+// three output planes through the normalisation table (ToPlanes, RGB).
+struct ToBytes {
+  uint8_t* dst;
+  void operator()(size_t i, const int32_t (&s)[3]) const {
+    dst[3 * i + 0] = clip8(s[0]);
+    dst[3 * i + 1] = clip8(s[1]);
+    dst[3 * i + 2] = clip8(s[2]);
+  }
+};
+struct ToPlanes {
+  const float (&lut)[3][256];
+  float* red;
+  float* green;
+  float* blue;
+  void operator()(size_t i, const int32_t (&s)[3]) const {
+    red[i] = lut[0][clip8(s[2])];
+    green[i] = lut[1][clip8(s[1])];
+    blue[i] = lut[2][clip8(s[0])];
+  }
+};
+
+// Horizontal pass over one row `src` (BGR pixels, src[0] being column `src_first` of the
+// image) for all outputs of `f`. kTaps > 0: the number of taps at compile time; 0: f.taps at
+// run time.
+template <int kTaps, typename Sink>
+void horizontalRow(const uint8_t* src, int32_t src_first, const FixedTaps& f, const Sink& sink) {
   const int taps = kTaps > 0 ? kTaps : f.taps;
   const size_t n = f.first.size();
   for (size_t i = 0; i < n; ++i) {
-    const uint8_t* px = src + 3 * static_cast<ptrdiff_t>(f.first[i]);
+    const uint8_t* px = src + 3 * static_cast<ptrdiff_t>(f.first[i] - src_first);
     const int32_t* k = &f.k[i * static_cast<size_t>(taps)];
-    int32_t red = kRoundingBias, green = kRoundingBias, blue = kRoundingBias;
+    int32_t s[3] = {kRoundingBias, kRoundingBias, kRoundingBias};
 #pragma GCC unroll 8
     for (int t = 0; t < taps; ++t) {
-      blue += px[3 * t + 0] * k[t];
-      green += px[3 * t + 1] * k[t];
-      red += px[3 * t + 2] * k[t];
+      s[0] += px[3 * t + 0] * k[t];
+      s[1] += px[3 * t + 1] * k[t];
+      s[2] += px[3 * t + 2] * k[t];
     }
-    dst[3 * i + 0] = clip8(red);
-    dst[3 * i + 1] = clip8(green);
-    dst[3 * i + 2] = clip8(blue);
+    sink(i, s);
   }
 }
 
-// Vertical pass for one output row from the intermediate rows `rows[0..taps)` (RGB, `n`
-// pixels), through the normalisation table into the three output planes.
-template <int kTaps>
+// Vertical pass for one output row from the rows `rows[0..taps)` (BGR, `n` pixels each) with
+// the weights `k`.
+template <int kTaps, typename Sink>
 void verticalRow(const uint8_t* const* rows, const int32_t* k, int taps_at_run_time, size_t n,
-                 const float (&lut)[3][256], float* red, float* green, float* blue) {
+                 const Sink& sink) {
   const int taps = kTaps > 0 ? kTaps : taps_at_run_time;
   for (size_t i = 0; i < n; ++i) {
     int32_t s[3] = {kRoundingBias, kRoundingBias, kRoundingBias};
@@ -233,9 +264,7 @@ void verticalRow(const uint8_t* const* rows, const int32_t* k, int taps_at_run_t
       s[1] += px[1] * k[t];
       s[2] += px[2] * k[t];
     }
-    red[i] = lut[0][clip8(s[0])];
-    green[i] = lut[1][clip8(s[1])];
-    blue[i] = lut[2][clip8(s[2])];
+    sink(i, s);
   }
 }
 
@@ -258,7 +287,7 @@ void withTaps(int taps, Fn&& fn) {
 struct Scratch {
   ResampleWindows windows;
   FixedTaps rows, cols;
-  std::vector<uint8_t> tmp;  // horizontal pass: the needed input rows x crop columns x RGB
+  std::vector<uint8_t> tmp;  // PIL's 8-bit intermediate image (BGR), the part the crop needs
   std::vector<const uint8_t*> row_ptrs;
 };
 
@@ -272,6 +301,16 @@ int64_t halfToEven(int64_t d) {
 // CenterCrop's start along one axis of `size` pixels.
 int64_t cropStart(int64_t size, int64_t crop) {
   return size >= crop ? halfToEven(size - crop) : -((crop - size) / 2);
+}
+
+// Pillow >= 13's choice of the pass order for a resize from in_h x in_w to out_h x out_w
+// (both passes needed): vertical first iff the height shrinks and by more than twice the
+// pixels the width loses, (in_h - out_h) > 2 * (in_w - out_w), ties horizontal first.
+// (Established against Pillow 13.0 on random sizes of both modes, up- and downscaling,
+// including every tie and near-tie; Pillow <= 12 is always horizontal first.) With a tall
+// image (height > ~2 x width) that Resize shrinks, torchvision gets the vertical order.
+bool verticalPassFirst(int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w) {
+  return out_h < in_h && in_h - out_h > 2 * (in_w - out_w);
 }
 
 }  // namespace
@@ -416,32 +455,61 @@ void decodeImage(std::string_view bytes, const std::string& name, const ImagePre
   bilinearWindows(in_w, g.resized_w, x0, x1, s.windows);
   toFixedTaps(s.windows, in_w, s.cols);
 
-  // Horizontal pass over the input rows the vertical windows read (their starts ascend).
   const int64_t nrows = y1 - y0;
-  const int64_t r0 = s.rows.first.front();
-  const int64_t r1 = s.rows.first.back() + s.rows.taps;
-  const size_t tmp_stride = static_cast<size_t>(ncols) * 3;
-  s.tmp.resize(static_cast<size_t>(r1 - r0) * tmp_stride);
-  withTaps(s.cols.taps, [&](auto taps) {
-    for (int64_t r = r0; r < r1; ++r) {
-      horizontalRow<decltype(taps)::value>(img.ptr<uint8_t>(static_cast<int>(r)), s.cols,
-                                           &s.tmp[static_cast<size_t>(r - r0) * tmp_stride]);
-    }
-  });
-
-  // Vertical pass, one output row at a time, into the crop.
-  s.row_ptrs.resize(static_cast<size_t>(s.rows.taps));
-  withTaps(s.rows.taps, [&](auto taps) {
-    for (int64_t j = 0; j < nrows; ++j) {
-      for (int t = 0; t < s.rows.taps; ++t) {
-        s.row_ptrs[t] = &s.tmp[static_cast<size_t>(s.rows.first[j] + t - r0) * tmp_stride];
+  if (!verticalPassFirst(in_h, in_w, g.resized_h, g.resized_w)) {
+    // Horizontal pass over the input rows the vertical windows read (their starts ascend)
+    // into the crop's columns, then the vertical pass, one output row at a time.
+    const int64_t r0 = s.rows.first.front();
+    const int64_t r1 = s.rows.first.back() + s.rows.taps;
+    const size_t tmp_stride = static_cast<size_t>(ncols) * 3;
+    s.tmp.resize(static_cast<size_t>(r1 - r0) * tmp_stride);
+    withTaps(s.cols.taps, [&](auto taps) {
+      for (int64_t r = r0; r < r1; ++r) {
+        horizontalRow<decltype(taps)::value>(
+            img.ptr<uint8_t>(static_cast<int>(r)), 0, s.cols,
+            ToBytes{&s.tmp[static_cast<size_t>(r - r0) * tmp_stride]});
       }
-      const int64_t at = (y0 + j - g.top) * p.crop_w + (x0 - g.left);
-      verticalRow<decltype(taps)::value>(
-          s.row_ptrs.data(), &s.rows.k[static_cast<size_t>(j * s.rows.taps)], s.rows.taps,
-          static_cast<size_t>(ncols), lut, out + at, out + plane + at, out + 2 * plane + at);
-    }
-  });
+    });
+    s.row_ptrs.resize(static_cast<size_t>(s.rows.taps));
+    withTaps(s.rows.taps, [&](auto taps) {
+      for (int64_t j = 0; j < nrows; ++j) {
+        for (int t = 0; t < s.rows.taps; ++t) {
+          s.row_ptrs[t] = &s.tmp[static_cast<size_t>(s.rows.first[j] + t - r0) * tmp_stride];
+        }
+        float* at = out + (y0 + j - g.top) * p.crop_w + (x0 - g.left);
+        verticalRow<decltype(taps)::value>(
+            s.row_ptrs.data(), &s.rows.k[static_cast<size_t>(j * s.rows.taps)], s.rows.taps,
+            static_cast<size_t>(ncols), ToPlanes{lut, at, at + plane, at + 2 * plane});
+      }
+    });
+  } else {
+    // Vertical pass over the input columns the horizontal windows read (their starts
+    // ascend) into the crop's rows, then the horizontal pass, one output row at a time.
+    const int64_t c0 = s.cols.first.front();
+    const int64_t c1 = s.cols.first.back() + s.cols.taps;
+    const size_t tmp_stride = static_cast<size_t>(c1 - c0) * 3;
+    s.tmp.resize(static_cast<size_t>(nrows) * tmp_stride);
+    s.row_ptrs.resize(static_cast<size_t>(s.rows.taps));
+    withTaps(s.rows.taps, [&](auto taps) {
+      for (int64_t j = 0; j < nrows; ++j) {
+        for (int t = 0; t < s.rows.taps; ++t) {
+          s.row_ptrs[t] = img.ptr<uint8_t>(static_cast<int>(s.rows.first[j] + t)) + 3 * c0;
+        }
+        verticalRow<decltype(taps)::value>(
+            s.row_ptrs.data(), &s.rows.k[static_cast<size_t>(j * s.rows.taps)], s.rows.taps,
+            static_cast<size_t>(c1 - c0),
+            ToBytes{&s.tmp[static_cast<size_t>(j) * tmp_stride]});
+      }
+    });
+    withTaps(s.cols.taps, [&](auto taps) {
+      for (int64_t j = 0; j < nrows; ++j) {
+        float* at = out + (y0 + j - g.top) * p.crop_w + (x0 - g.left);
+        horizontalRow<decltype(taps)::value>(&s.tmp[static_cast<size_t>(j) * tmp_stride],
+                                             static_cast<int32_t>(c0), s.cols,
+                                             ToPlanes{lut, at, at + plane, at + 2 * plane});
+      }
+    });
+  }
 }
 
 }  // namespace bnadapt::data

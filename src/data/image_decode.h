@@ -6,8 +6,11 @@
 // Decoding is OpenCV's (the same libjpeg, libpng, ... that PIL links on Debian). The resize is
 // PIL's antialiased bilinear resampling re-implemented exactly: the same per-pixel windows and
 // weights, the same 22-bit fixed-point arithmetic, the same 8-bit intermediate image between
-// the horizontal and the vertical pass. On the same decoded pixels the output is bit-identical
-// to torchvision's. Only the output pixels inside the centre crop are computed.
+// the two passes, and the order of the passes that Pillow 13 chooses (vertical first when the
+// height shrinks by more than twice as many pixels as the width; older Pillow always ran the
+// horizontal pass first, and differs by 1/255 in places there). On the same decoded pixels
+// the output is bit-identical to torchvision's with Pillow 13. Only the output pixels inside
+// the centre crop are computed.
 // Known differences from PIL's decoding: 16-bit grey PNGs (PIL clips the 16-bit values to
 // 255; here the high byte is kept, as PIL does for 16-bit RGB) and CMYK JPEGs (other
 // CMYK-to-RGB arithmetic: up to 1/255 apart on a test image).

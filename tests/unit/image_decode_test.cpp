@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -170,6 +171,38 @@ TEST(DecodeImage, MarkerPixelLandsWherePilPutsIt) {
   EXPECT_EQ(out[83 * 224 + 133], 4.0f / 255.0f);   // 32 * 1/8
   EXPECT_EQ(out[84 * 224 + 135], 0.0f);
   EXPECT_EQ(std::count_if(out.begin(), out.end(), [](float v) { return v != 0.0f; }), 3 * 4);
+}
+
+// PIL's two passes round to 8 bits in between, so their order shows. Pillow 13 runs the
+// vertical pass first when the height shrinks by more than twice the pixels the width loses
+// (40x89 -> 36x80: 9 > 2 * 4), else the horizontal pass first (89x40 -> 80x36). The hashes
+// are of torchvision's Resize(36) + CenterCrop(32) with Pillow 13.0 (as bytes, CHW); the
+// other pass order gives 666 and 564 other values of 3072.
+TEST(DecodeImage, PassOrderIsPillow13s) {
+  auto pattern = [](int w, int h) {
+    cv::Mat m(h, w, CV_8UC3);
+    for (int y = 0; y < h; ++y) {
+      for (int x = 0; x < w; ++x) {
+        const int r = (x * 37 + y * y * 11 + x * y * 5) & 255;
+        const int g = (x * x * 3 + y * 53 + 17) & 255;
+        const int b = (x * y * 7 + x * 19 + y * 29 + 91) & 255;
+        m.at<cv::Vec3b>(y, x) = cv::Vec3b(static_cast<uint8_t>(b), static_cast<uint8_t>(g),
+                                          static_cast<uint8_t>(r));
+      }
+    }
+    return m;
+  };
+  auto fnv1a = [](const std::vector<float>& v) {
+    uint32_t h = 2166136261u;
+    for (float f : v) {
+      const long byte = std::lround(f * 255.0f);
+      EXPECT_EQ(static_cast<float>(byte) / 255.0f, f);
+      h = (h ^ static_cast<uint32_t>(byte)) * 16777619u;
+    }
+    return h;
+  };
+  EXPECT_EQ(fnv1a(decode(encode(pattern(40, 89), ".png"), identity(36, 32, 32))), 0x93d1ff48u);
+  EXPECT_EQ(fnv1a(decode(encode(pattern(89, 40), ".png"), identity(36, 32, 32))), 0x3e72f973u);
 }
 
 TEST(ResizeCropGeometry, TorchvisionSizesAndRounding) {
@@ -395,9 +428,15 @@ TEST(DecodeImage, MatchesTorchvision) {
     const std::vector<float> out =
         decode(slurp(std::string(dir) + "/images/" + image), identity(resize, h, w));
     float diff = 0.0f;
-    for (size_t i = 0; i < ref.size(); ++i) diff = std::max(diff, std::abs(out[i] - ref[i]));
-    std::cout << "[ image    ] " << case_name << ": max |diff| = " << diff * 255.0f << "/255\n";
-    EXPECT_LE(diff, 2.0f / 255.0f) << case_name;
+    size_t differing = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      diff = std::max(diff, std::abs(out[i] - ref[i]));
+      differing += out[i] != ref[i];
+    }
+    std::cout << "[ image    ] " << case_name << ": max |diff| = " << diff * 255.0f
+              << "/255, " << differing << " of " << ref.size() << " values differ\n";
+    // Bit-identical: a pass order or rounding unlike PIL's shows as 1/255 here and there.
+    EXPECT_EQ(differing, 0u) << case_name << ": max |diff| = " << diff * 255.0f << "/255";
     worst = std::max(worst, diff);
     ++cases;
   }
