@@ -5,12 +5,14 @@
 #include <cstring>
 #include <map>
 #include <set>
+#include <string_view>
 
 #include <ATen/ATen.h>
 #include <caffe2/serialize/inline_container.h>
 
 #include "checkpoint/pickle_walker.h"
 #include "checkpoint/tensor_bytes.h"
+#include "checkpoint/zip_patch.h"
 #include "common/error.h"
 #include "common/torch_compat.h"
 
@@ -21,6 +23,8 @@ std::string firstLine(const std::string& s) { return s.substr(0, s.find('\n')); 
 
 // torch.save (2.7+) states the alignment of its records' data in this record, "64" by default.
 constexpr const char* kAlignmentRecord = ".storage_alignment";
+// torch.save (2.x) identifies the file in this record: 40 decimal digits.
+constexpr const char* kSerializationIdRecord = ".data/serialization_id";
 
 class TorchZipCheckpoint final : public Checkpoint {
  public:
@@ -124,8 +128,9 @@ class TorchZipCheckpoint final : public Checkpoint {
       }
     }
     // A writer callback that never fails: LibTorch 1.13's writer throws again from its
-    // destructor after a failed write, which would terminate the process.
-    std::FILE* file = std::fopen(path.c_str(), "wb");
+    // destructor after a failed write, which would terminate the process. Opened for reading
+    // too: keepSerializationId reads the written archive back.
+    std::FILE* file = std::fopen(path.c_str(), "w+b");
     BNA_CHECK(file != nullptr, ExitCode::kOutput, "cannot open ", path, ": ", std::strerror(errno));
     int write_errno = 0;
     auto sink = [&](const void* data, size_t n) -> size_t {
@@ -136,7 +141,7 @@ class TorchZipCheckpoint final : public Checkpoint {
     // relies on it), aligned as the input says where this LibTorch's writer can; where it
     // cannot, the alignment record states the one used. The writer adds the version record,
     // and from LibTorch 2.x on it writes its own .data/serialization_id (the copied one is
-    // dropped): this is a different file, so a different id.
+    // dropped); keepSerializationId then puts the input's back.
     const uint64_t alignment = compat::streamWriterAlignment(alignment_);
     try {
       auto writer = compat::makeStreamWriter(sink, alignment);
@@ -160,6 +165,14 @@ class TorchZipCheckpoint final : public Checkpoint {
       fail(ExitCode::kOutput, "writing the checkpoint failed: ", firstLine(e.what_without_backtrace()));
     }
     if (std::fflush(file) != 0 && write_errno == 0) write_errno = errno;
+    if (write_errno == 0) {
+      try {
+        keepSerializationId(::fileno(file), path);
+      } catch (...) {
+        std::fclose(file);
+        throw;
+      }
+    }
     std::fclose(file);
     BNA_CHECK(write_errno == 0, ExitCode::kOutput, "writing ", path, " failed: ",
               std::strerror(write_errno));
@@ -179,6 +192,39 @@ class TorchZipCheckpoint final : public Checkpoint {
     const TensorRecord* record;    // owned by pickle_
     std::vector<int64_t> elements; // storage element of each value, in row-major order
   };
+
+  // A patched checkpoint keeps the input's .data/serialization_id. LibTorch 2.x's writer
+  // drops the copied record and writes an id of its own (from the records' names and CRCs)
+  // in writeEndOfFile; the archive is complete and flushed to `fd` (not yet fsynced nor
+  // renamed into place), so the id's bytes are replaced there, with their CRC-32 in the
+  // central directory, the local header and the data descriptor. LibTorch 1.13's writer
+  // copies the record as it is: the ids are equal and nothing is written.
+  void keepSerializationId(int fd, const std::string& path) const {
+    if (!reader_->hasRecord(kSerializationIdRecord)) return;  // a torch 1.x input: none to keep
+    auto [ptr, size] = readRecord(kSerializationIdRecord);
+    const std::string_view wanted(static_cast<const char*>(ptr.get()), size);
+    const std::vector<zip::Member> members = zip::members(fd, path);
+    const zip::Member* id = nullptr;
+    for (const zip::Member& m : members) {
+      const size_t slash = m.name.find('/');  // records sit in the archive's one folder
+      if (slash == std::string::npos || m.name.compare(slash + 1, std::string::npos,
+                                                       kSerializationIdRecord) != 0) {
+        continue;
+      }
+      BNA_CHECK(id == nullptr, ExitCode::kInternal, "internal error: ", path, " holds '",
+                kSerializationIdRecord, "' twice");
+      id = &m;
+    }
+    // A writer that wrote no id and dropped the copy: a record cannot be added after the
+    // end of the archive; the output is valid without one (torch 1.x files have none).
+    if (id == nullptr) return;
+    const std::string current = zip::readData(fd, path, *id);
+    if (current == wanted) return;  // LibTorch 1.13: copied as it is
+    // An input id of another length (torch.save writes 40 digits) would move every byte
+    // after it and the central directory: the writer's own, valid id is kept.
+    if (current.size() != wanted.size()) return;
+    zip::overwriteData(fd, path, *id, wanted);
+  }
 
   static bool isCounter(const std::string& name) {
     static const std::string kCounter = "num_batches_tracked";

@@ -51,8 +51,9 @@ sources[fuzz_config]="$root/tests/fuzz/fuzz_config.cpp $src/config/config_loader
 libs[fuzz_config]=""
 sources[fuzz_checkpoint]="$root/tests/fuzz/fuzz_checkpoint.cpp $src/checkpoint/pickle_walker.cpp
   $src/checkpoint/safetensors.cpp $src/checkpoint/torch_zip_checkpoint.cpp
-  $src/checkpoint/tensor_bytes.cpp $src/checkpoint/key_match.cpp $src/common/error.cpp"
-libs[fuzz_checkpoint]=$torch_libs
+  $src/checkpoint/tensor_bytes.cpp $src/checkpoint/key_match.cpp $src/checkpoint/zip_patch.cpp
+  $src/common/error.cpp"
+libs[fuzz_checkpoint]="$torch_libs -lz"
 
 for t in $targets; do
   bin="$build/$t"

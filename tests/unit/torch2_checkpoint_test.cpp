@@ -6,6 +6,7 @@
 // Torch2Saved.* also check files written by Python's torch.save and the patched files with
 // Python's torch.load; they need BNADAPT_PYTHON (a Python with torch >= 2.7) and
 // BNADAPT_FIXTURE_SCRIPTS (tests/fixtures), and skip, saying so, without them.
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -21,6 +22,7 @@
 
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/pickle_walker.h"
+#include "checkpoint/zip_patch.h"
 #include "common/error.h"
 #include "common/torch_compat.h"
 #include "data/dataset.h"
@@ -158,6 +160,20 @@ Archive readZip(const std::string& path) {
   return a;
 }
 
+// Every member's CRC-32 (central directory, local header, data descriptor) matches its data.
+void expectCrcsRight(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0) << path;
+  try {
+    const std::vector<checkpoint::zip::Member> members = checkpoint::zip::members(fd, path);
+    EXPECT_FALSE(members.empty());
+    for (const auto& m : members) checkpoint::zip::checkCrc(fd, path, m);
+  } catch (const Error& e) {
+    ADD_FAILURE() << e.what();
+  }
+  ::close(fd);
+}
+
 std::string bytesOf(const at::Tensor& t) {
   const at::Tensor c = t.contiguous();
   return std::string(static_cast<const char*>(c.data_ptr()), c.nbytes());
@@ -209,11 +225,14 @@ TEST_F(Torch2Files, PatchesV3BuffersAndCopiesTheRest) {
   const Archive b = readZip(path("out.pt"));
   EXPECT_EQ(b.records.at("data/0"), bytesOf(at::tensor({0.5f, -1.5f, 2.0f, 8.0f})));
   for (const auto& [name, bytes] : a.records) {
-    // LibTorch 2.x's writer writes a serialization id of its own (see makeStreamWriter).
-    if (name == "data/0" || name == ".data/serialization_id") continue;
+    if (name == "data/0") continue;
+    // .data/serialization_id included: LibTorch 2.x's writer writes an id of its own (see
+    // makeStreamWriter), which write() replaces with the input's.
     EXPECT_EQ(b.records.at(name), bytes) << name;
   }
   EXPECT_EQ(b.order, a.order);
+  EXPECT_EQ(a.records.count(".data/serialization_id"), b.records.count(".data/serialization_id"));
+  expectCrcsRight(path("out.pt"));
 }
 
 TEST_F(Torch2Files, RefusesToPatchADtypeItCannotWrite) {
@@ -239,7 +258,12 @@ TEST_F(Torch2Files, KeepsA4096RecordAlignment) {
   EXPECT_EQ(b.records.at(".storage_alignment"), "4096");
   EXPECT_EQ(b.records.at("data/1"), bytesOf(at::full({4}, 3.0f)));
   for (const auto& [name, offset] : b.offsets) EXPECT_EQ(offset % 4096, 0u) << name;
-  EXPECT_EQ(b.order, readZip(in).order);
+  const Archive a = readZip(in);
+  EXPECT_EQ(b.order, a.order);
+  if (a.records.count(".data/serialization_id")) {
+    EXPECT_EQ(b.records.at(".data/serialization_id"), a.records.at(".data/serialization_id"));
+  }
+  expectCrcsRight(path("out.pt"));
 }
 
 TEST_F(Torch2Files, ABadAlignmentRecordNamesFileAndRecord) {
@@ -286,6 +310,90 @@ TEST_F(Torch2Files, TensorDataWith4096AlignedRecords) {
   }
 }
 
+// ---- zip_patch on hand-made archives ----------------------------------------------------
+
+std::string le(uint64_t v, int n) {
+  std::string out;
+  for (int i = 0; i < n; ++i) out += char((v >> (8 * i)) & 0xff);
+  return out;
+}
+
+// One stored member with a data descriptor (as miniz writes them), its central directory entry
+// stating the local header offset in a ZIP64 extra field, and ZIP64 end records.
+std::string zip64Archive(const std::string& name, const std::string& data) {
+  const uint32_t crc = checkpoint::zip::crc32(data);
+  std::string z = le(0x04034b50, 4) + le(0, 2) + le(0x0808, 2) + le(0, 2) + le(0, 4) +
+                  le(0, 4) + le(0, 4) + le(0, 4) + le(name.size(), 2) + le(0, 2) + name + data +
+                  le(0x08074b50, 4) + le(crc, 4) + le(data.size(), 4) + le(data.size(), 4);
+  const uint64_t cd = z.size();
+  z += le(0x02014b50, 4) + le(45, 2) + le(45, 2) + le(0x0808, 2) + le(0, 2) + le(0, 4) +
+       le(crc, 4) + le(data.size(), 4) + le(data.size(), 4) + le(name.size(), 2) + le(12, 2) +
+       le(0, 2) + le(0, 2) + le(0, 2) + le(0, 4) + le(0xffffffff, 4) + name + le(1, 2) +
+       le(8, 2) + le(0, 8);
+  const uint64_t cd_size = z.size() - cd;
+  const uint64_t eocd64 = z.size();
+  z += le(0x06064b50, 4) + le(44, 8) + le(45, 2) + le(45, 2) + le(0, 4) + le(0, 4) + le(1, 8) +
+       le(1, 8) + le(cd_size, 8) + le(cd, 8);
+  z += le(0x07064b50, 4) + le(0, 4) + le(eocd64, 8) + le(1, 4);
+  z += le(0x06054b50, 4) + le(0, 2) + le(0, 2) + le(0xffff, 2) + le(0xffff, 2) +
+       le(0xffffffff, 4) + le(0xffffffff, 4) + le(0, 2);
+  return z;
+}
+
+TEST_F(Torch2Files, ZipPatchHandlesZip64RecordsAndDataDescriptors) {
+  const std::string old_id(40, '1'), new_id = "0123456789012345678901234567890123456789";
+  const std::string file = write("z64.zip", zip64Archive("archive/.data/serialization_id", old_id));
+  const int fd = ::open(file.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  auto members = checkpoint::zip::members(fd, file);
+  ASSERT_EQ(members.size(), 1u);
+  EXPECT_EQ(members[0].name, "archive/.data/serialization_id");
+  EXPECT_EQ(members[0].local_header, 0u);
+  EXPECT_EQ(checkpoint::zip::readData(fd, file, members[0]), old_id);
+  checkpoint::zip::overwriteData(fd, file, members[0], new_id);
+  members = checkpoint::zip::members(fd, file);
+  EXPECT_EQ(checkpoint::zip::readData(fd, file, members[0]), new_id);
+  EXPECT_EQ(members[0].crc, checkpoint::zip::crc32(new_id));
+  EXPECT_NO_THROW(checkpoint::zip::checkCrc(fd, file, members[0]));
+  ::close(fd);
+  // Python's zipfile agrees (PyTorchStreamReader would want a version record).
+  if (const char* python = std::getenv("BNADAPT_PYTHON")) {
+    const std::string cmd = std::string("'") + python + "' -c \"import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); sys.exit(z.testzip() is not None or z.read('archive/.data/serialization_id') != sys.argv[2].encode())\" '" + file + "' " + new_id;
+    EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  }
+}
+
+TEST_F(Torch2Files, ZipPatchRefusesAnInconsistentArchiveNamingIt) {
+  std::string z = zip64Archive("archive/.data/serialization_id", std::string(40, '1'));
+  z[30 + 30 + 40 + 4] ^= 1;  // the data descriptor's CRC no longer matches
+  const std::string file = write("bad.zip", z);
+  const int fd = ::open(file.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  const auto members = checkpoint::zip::members(fd, file);
+  ASSERT_EQ(members.size(), 1u);
+  try {
+    checkpoint::zip::overwriteData(fd, file, members[0], std::string(40, '2'));
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ExitCode::kInternal);
+    EXPECT_NE(std::string(e.what()).find(file), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(checkpoint::zip::readData(fd, file, members[0]), std::string(40, '1'));  // untouched
+  ::close(fd);
+  // No end-of-central-directory record at all.
+  const std::string cut = write("cut.zip", z.substr(0, z.size() - 22));
+  const int fd2 = ::open(cut.c_str(), O_RDONLY);
+  ASSERT_GE(fd2, 0);
+  try {
+    checkpoint::zip::members(fd2, cut);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ExitCode::kInternal);
+    EXPECT_NE(std::string(e.what()).find(cut), std::string::npos) << e.what();
+  }
+  ::close(fd2);
+}
+
 // ---- files from Python's torch.save, checked with Python's torch.load --------------------
 
 class Torch2Saved : public Torch2Files {
@@ -321,7 +429,14 @@ TEST_F(Torch2Saved, PatchedCheckpointsLoadInTorch) {
                 {"1.num_batches_tracked", {}, false}},
                "");
     ckpt->write(out, {{"1.running_mean", at::tensor({1.5, -0.25, 4.0, 0.125})}}, 0);
+    // The check also wants OUT's serialization id to be IN's and zipfile's testzip() to pass.
     EXPECT_EQ(run("check '" + in + "' '" + out + "' model/1.running_mean 1.5,-0.25,4,0.125"), 0);
+    const Archive a = readZip(in);
+    const Archive b = readZip(out);
+    ASSERT_EQ(a.records.count(".data/serialization_id"), 1u);
+    ASSERT_EQ(b.records.count(".data/serialization_id"), 1u);
+    EXPECT_EQ(b.records.at(".data/serialization_id"), a.records.at(".data/serialization_id"));
+    expectCrcsRight(out);
   }
 }
 
