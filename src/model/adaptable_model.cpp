@@ -101,8 +101,9 @@ torch::jit::Module loadModule(const std::string& path) {
   } catch (const std::exception& e) {
     const std::string newer = newerPyTorchAdvice(path);
     if (!newer.empty()) {
-      fail(ExitCode::kModel, "model '", path, "' cannot be loaded as TorchScript: ",
-           summarizeTorchError(e), newer);
+      std::string why = summarizeTorchError(e);
+      if (!why.empty() && why.back() == '.') why.pop_back();
+      fail(ExitCode::kModel, "model '", path, "' cannot be loaded as TorchScript: ", why, newer);
     }
     fail(ExitCode::kModel, "model '", path, "' cannot be loaded as TorchScript: ",
          summarizeTorchError(e),
