@@ -10,7 +10,7 @@
 #include <ATen/ATen.h>
 #include <caffe2/serialize/inline_container.h>
 
-#include "checkpoint/pickle_walker.h"
+#include "torchfile/pickle_walker.h"
 #include "checkpoint/tensor_bytes.h"
 #include "checkpoint/zip_patch.h"
 #include "common/error.h"
@@ -18,6 +18,12 @@
 
 namespace bnadapt::checkpoint {
 namespace {
+
+using torchfile::DictNode;
+using torchfile::TensorRecord;
+using torchfile::UnpickleResult;
+using torchfile::tensorDicts;
+using torchfile::unpickle;
 
 std::string firstLine(const std::string& s) { return s.substr(0, s.find('\n')); }
 

@@ -6,11 +6,12 @@
 #include <string>
 #include <vector>
 
+#include "stats/weighting.h"
+
 namespace bnadapt::config {
 
-enum class Weighting { kSamples, kBatches };
-
-const char* weightingName(Weighting w);
+using stats::Weighting;
+using stats::weightingName;
 
 struct Settings {
   // Inputs.

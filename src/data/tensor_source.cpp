@@ -20,7 +20,7 @@
 #include <c10/util/Half.h>
 #include <caffe2/serialize/inline_container.h>
 
-#include "checkpoint/pickle_walker.h"
+#include "torchfile/pickle_walker.h"
 #include "common/error.h"
 #include "common/hash.h"
 #include "data/sources.h"
@@ -30,9 +30,9 @@ namespace bnadapt::data {
 namespace {
 
 namespace fs = std::filesystem;
-using checkpoint::PickleRef;
-using checkpoint::PickleValue;
-using checkpoint::TensorRecord;
+using torchfile::PickleRef;
+using torchfile::PickleValue;
+using torchfile::TensorRecord;
 
 const char* kExpected =
     "expected a file written by torch.save(tensor [N, ...]) or "
@@ -175,9 +175,9 @@ Shard openShard(const std::string& path) {
   hash.update(pickle.data(), pickle.size());
   hash.update(&file_size, sizeof file_size);
   std::string source = "data file '" + path + "'";
-  checkpoint::UnpickleResult parsed;
+  torchfile::UnpickleResult parsed;
   try {
-    parsed = checkpoint::unpickle(pickle, source);
+    parsed = torchfile::unpickle(pickle, source);
   } catch (const Error& e) {
     fail(ExitCode::kData, e.what());  // the walker reports kCheckpoint; here it is data
   }

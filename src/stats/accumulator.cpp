@@ -96,7 +96,7 @@ void StatsAccumulator::observe(size_t layer, const at::Tensor& x) {
   dirty_ = true;
 }
 
-LayerStats StatsAccumulator::finalize(size_t layer, config::Weighting weighting) const {
+LayerStats StatsAccumulator::finalize(size_t layer, Weighting weighting) const {
   sync();
   const int64_t c = channels(layer);
   const double* base = buffer_.data() + offsets_[layer];
@@ -113,7 +113,7 @@ LayerStats StatsAccumulator::finalize(size_t layer, config::Weighting weighting)
   const auto& k = shifts_[layer];
   for (int64_t i = 0; i < c; ++i) {
     double mean_d = 0, var = 0;
-    if (weighting == config::Weighting::kSamples) {
+    if (weighting == Weighting::kSamples) {
       mean_d = S1[i] / out.count;
       var = (S2[i] - S1[i] * mean_d) / (out.count - 1.0);
     } else {

@@ -22,7 +22,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
-#include "config/settings.h"
+#include "stats/weighting.h"
 
 namespace bnadapt::stats {
 
@@ -58,7 +58,7 @@ class StatsAccumulator {
 
   // Final statistics of one layer from the (reduced) buffer. A layer with count 0 has
   // empty mean/var.
-  LayerStats finalize(size_t layer, config::Weighting weighting) const;
+  LayerStats finalize(size_t layer, Weighting weighting) const;
 
  private:
   void sync() const;

@@ -26,7 +26,7 @@
 
 #include <ATen/ATen.h>
 
-#include "checkpoint/pickle_walker.h"
+#include "torchfile/pickle_walker.h"
 #include "checkpoint/safetensors.h"
 #include "checkpoint/torch_zip_checkpoint.h"
 #include "common/error.h"
@@ -36,9 +36,9 @@ namespace {
 using bnadapt::checkpoint::ExpectedBuffer;
 
 void fuzzPickle(std::string_view bytes) {
-  const bnadapt::checkpoint::UnpickleResult result =
-      bnadapt::checkpoint::unpickle(bytes, "fuzz.pkl");
-  for (const auto& dict : bnadapt::checkpoint::tensorDicts(result)) {
+  const bnadapt::torchfile::UnpickleResult result =
+      bnadapt::torchfile::unpickle(bytes, "fuzz.pkl");
+  for (const auto& dict : bnadapt::torchfile::tensorDicts(result)) {
     for (const auto& [key, tensor] : dict.tensors) {
       if (tensor == nullptr || tensor->sizes.size() != tensor->strides.size()) std::abort();
     }

@@ -8,7 +8,7 @@
 namespace bnadapt::stats {
 namespace {
 
-using config::Weighting;
+using stats::Weighting;
 
 // float64 reference: mean and unbiased variance per channel of x [N, C, *].
 std::pair<at::Tensor, at::Tensor> reference(const at::Tensor& x) {

@@ -1,4 +1,4 @@
-#include "checkpoint/pickle_walker.h"
+#include "torchfile/pickle_walker.h"
 
 #include <random>
 #include <sstream>
@@ -10,7 +10,7 @@
 
 #include "common/error.h"
 
-namespace bnadapt::checkpoint {
+namespace bnadapt::torchfile {
 namespace {
 
 // data.pkl of torch::pickle_save(value): the same layout torch.save writes.
@@ -208,4 +208,4 @@ TEST(PickleWalker, FuzzedCopiesGiveCleanErrors) {
 }
 
 }  // namespace
-}  // namespace bnadapt::checkpoint
+}  // namespace bnadapt::torchfile

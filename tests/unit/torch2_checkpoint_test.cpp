@@ -21,7 +21,7 @@
 #include <torch/serialize.h>
 
 #include "checkpoint/checkpoint.h"
-#include "checkpoint/pickle_walker.h"
+#include "torchfile/pickle_walker.h"
 #include "checkpoint/zip_patch.h"
 #include "common/error.h"
 #include "common/torch_compat.h"
@@ -32,7 +32,7 @@ namespace bnadapt {
 namespace {
 
 namespace fs = std::filesystem;
-using checkpoint::TensorRecord;
+using torchfile::TensorRecord;
 
 // ---- hand-written pickles (protocol 2, as torch.save writes them) ---------------------------
 
@@ -81,9 +81,9 @@ std::string torch2Pickle() {
 }
 
 TEST(Torch2Pickle, RebuildTensorV3AndRebuildFromType) {
-  checkpoint::UnpickleResult r = checkpoint::unpickle(torch2Pickle(), "torch2");
+  torchfile::UnpickleResult r = torchfile::unpickle(torch2Pickle(), "torch2");
   EXPECT_EQ(r.tensors.size(), 5u);
-  std::vector<checkpoint::DictNode> dicts = checkpoint::tensorDicts(r);
+  std::vector<torchfile::DictNode> dicts = torchfile::tensorDicts(r);
   ASSERT_EQ(dicts.size(), 1u);
   std::map<std::string, const TensorRecord*> t(dicts[0].tensors.begin(), dicts[0].tensors.end());
   ASSERT_EQ(t.size(), 5u);
@@ -105,9 +105,9 @@ TEST(Torch2Pickle, RebuildTensorV3AndRebuildFromType) {
   EXPECT_EQ(scale.storage_numel, 3);
   EXPECT_EQ(scale.storage_key, "3");
   EXPECT_EQ(t.at("odd")->storage_numel, -1);  // the size of a torch.float99 is unknown
-  EXPECT_EQ(checkpoint::dtypeByStorage("torch.storage.UntypedStorage")->type, c10::kByte);
-  EXPECT_EQ(checkpoint::dtypeByName("torch.uint16")->size, 2);
-  EXPECT_EQ(checkpoint::dtypeByName("torch.float99"), nullptr);
+  EXPECT_EQ(torchfile::dtypeByStorage("torch.storage.UntypedStorage")->type, c10::kByte);
+  EXPECT_EQ(torchfile::dtypeByName("torch.uint16")->size, 2);
+  EXPECT_EQ(torchfile::dtypeByName("torch.float99"), nullptr);
 }
 
 TEST(Torch2Pickle, MalformedV3IsAnErrorNamingTheCall) {
@@ -115,7 +115,7 @@ TEST(Torch2Pickle, MalformedV3IsAnErrorNamingTheCall) {
   const std::string p = std::string("\x80\x02") + "ctorch._utils\n_rebuild_tensor_v3\n" +
                         tensorArgs("0", "torch.storage\nUntypedStorage", 4, 4) + "R.";
   try {
-    checkpoint::unpickle(p, "bad.pkl");
+    torchfile::unpickle(p, "bad.pkl");
     ADD_FAILURE() << "no error";
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), ExitCode::kCheckpoint);

@@ -1,4 +1,4 @@
-#include "checkpoint/pickle_walker.h"
+#include "torchfile/pickle_walker.h"
 
 #include <cstdint>
 #include <cstring>
@@ -8,7 +8,7 @@
 
 #include "common/error.h"
 
-namespace bnadapt::checkpoint {
+namespace bnadapt::torchfile {
 namespace {
 
 using Kind = PickleValue::Kind;
@@ -741,4 +741,4 @@ std::vector<DictNode> tensorDicts(const UnpickleResult& result) {
   return out;
 }
 
-}  // namespace bnadapt::checkpoint
+}  // namespace bnadapt::torchfile

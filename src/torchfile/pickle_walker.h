@@ -21,7 +21,7 @@
 
 #include <c10/core/ScalarType.h>
 
-namespace bnadapt::checkpoint {
+namespace bnadapt::torchfile {
 
 struct PickleValue;
 using PickleRef = std::shared_ptr<PickleValue>;
@@ -118,4 +118,4 @@ struct DictNode {
 };
 std::vector<DictNode> tensorDicts(const UnpickleResult& result);
 
-}  // namespace bnadapt::checkpoint
+}  // namespace bnadapt::torchfile
