@@ -55,9 +55,7 @@ std::vector<checkpoint::ExpectedBuffer> expectedBuffers(const model::AdaptableMo
   std::vector<checkpoint::ExpectedBuffer> out;
   for (size_t i = 0; i < model.layers().size(); ++i) {
     for (const auto& [name, tensor] : model.buffers(i)) {
-      const bool counter = name.size() >= 19 && name.compare(name.size() - 19, 19,
-                                                             "num_batches_tracked") == 0;
-      out.push_back({name, tensor.sizes().vec(), !counter});
+      out.push_back({name, tensor.sizes().vec(), !checkpoint::isBatchCounter(name)});
     }
   }
   return out;

@@ -11,10 +11,6 @@
 namespace bnadapt::checkpoint {
 namespace {
 
-bool endsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 c10::ScalarType safetensorsDtype(const std::string& dtype) {
   if (dtype == "F32") return c10::kFloat;
   if (dtype == "F64") return c10::kDouble;
@@ -57,7 +53,7 @@ class SafetensorsCheckpoint final : public Checkpoint {
         if (buffer != name) continue;
         const SafetensorsEntry* e = out.find(key);
         const c10::ScalarType dtype = safetensorsDtype(e->dtype);
-        if (endsWith(name, "num_batches_tracked")) {  // the file's own count + batches now
+        if (isBatchCounter(name)) {  // the file's own count + batches now
           std::string bytes = out.bytes().substr(e->begin, e->end - e->begin);
           writeCounter(bytes, dtype, {0}, batches_added, key, path_);
           out.patch(key, at::from_blob(bytes.data(), {1}, dtype).clone().view(values.sizes()));
@@ -90,7 +86,7 @@ std::unique_ptr<Checkpoint> openCheckpoint(const std::string& path) {
     return head.size() >= magic.size() && std::string_view(head.data(), magic.size()) == magic;
   };
   if (startsWith("PK\x03\x04") || startsWith("PK\x05\x06")) return openTorchZip(path);
-  if (endsWith(path, ".safetensors") || (head.size() > 8 && head[8] == '{')) {
+  if (path.ends_with(".safetensors") || (head.size() > 8 && head[8] == '{')) {
     return std::make_unique<SafetensorsCheckpoint>(
         path, io::readFile(path, "checkpoint", ExitCode::kCheckpoint));
   }

@@ -4,10 +4,17 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
 namespace bnadapt::checkpoint {
+
+// Whether a buffer or key is a BN layer's batch counter ("...num_batches_tracked"): optional
+// in a checkpoint, and patched by adding the batches forwarded now, not overwritten.
+inline bool isBatchCounter(std::string_view name) {
+  return name.ends_with("num_batches_tracked");
+}
 
 // A model buffer the checkpoint must hold, by its name in the model ("layer1.0.bn1.running_mean").
 struct ExpectedBuffer {

@@ -10,10 +10,6 @@
 namespace bnadapt::checkpoint {
 namespace {
 
-bool endsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 std::string shape(const std::vector<int64_t>& sizes) {
   std::string s = "[";
   for (size_t i = 0; i < sizes.size(); ++i) s += (i ? ", " : "") + std::to_string(sizes[i]);
@@ -28,7 +24,7 @@ void checkCompatible(const std::string& source, const std::string& key,
   BNA_CHECK(sizes == expected.sizes, ExitCode::kCheckpoint, source, ": key '", key, "' has shape ",
             shape(sizes), " but the model's '", expected.name, "' has shape ",
             shape(expected.sizes));
-  const bool counter = endsWith(expected.name, "num_batches_tracked");
+  const bool counter = isBatchCounter(expected.name);
   const bool ok = counter ? (dtype == c10::kLong || dtype == c10::kInt)
                           : (dtype == c10::kFloat || dtype == c10::kDouble ||
                              dtype == c10::kHalf || dtype == c10::kBFloat16);

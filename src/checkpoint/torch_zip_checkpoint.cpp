@@ -127,7 +127,7 @@ class TorchZipCheckpoint final : public Checkpoint {
         auto [ptr, size] = readRecord(record);
         p = patched.emplace(record, std::string(static_cast<const char*>(ptr.get()), size)).first;
       }
-      if (isCounter(name)) {  // the checkpoint's own count, plus the batches used now
+      if (isBatchCounter(name)) {  // the checkpoint's own count, plus the batches used now
         writeCounter(p->second, rec.dtype, t->second.elements, batches_added, t->second.key, path_);
       } else {
         writeElements(p->second, rec.dtype, t->second.elements, values, t->second.key, path_);
@@ -230,12 +230,6 @@ class TorchZipCheckpoint final : public Checkpoint {
     // after it and the central directory: the writer's own, valid id is kept.
     if (current.size() != wanted.size()) return;
     zip::overwriteData(fd, path, *id, wanted);
-  }
-
-  static bool isCounter(const std::string& name) {
-    static const std::string kCounter = "num_batches_tracked";
-    return name.size() >= kCounter.size() &&
-           name.compare(name.size() - kCounter.size(), kCounter.size(), kCounter) == 0;
   }
 
   // Storage element indices of a view, refusing views in which two values share an element

@@ -13,10 +13,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-bool endsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 const char* kFormats =
     "a .pt file or a folder of .pt files (tensor), a folder of class folders of images "
     "(imagefolder), a *-idx3-ubyte[.gz] file (idx), or 'synthetic'";
@@ -44,7 +40,7 @@ std::optional<DataFormat> parseDataFormat(const std::string& name) {
 
 bool isTensorFileName(const std::string& name) {
   const std::string base = fs::path(name).filename().string();
-  return !base.empty() && base[0] != '.' && (endsWith(base, ".pt") || endsWith(base, ".pth"));
+  return !base.empty() && base[0] != '.' && (base.ends_with(".pt") || base.ends_with(".pth"));
 }
 
 std::string shapeString(const std::vector<int64_t>& shape) {

@@ -138,10 +138,6 @@ std::string dimsString(const std::vector<int64_t>& dims) {
   return s;
 }
 
-bool endsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 bool isRegularFile(const std::string& path) {
   struct stat st {};
   return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
@@ -149,10 +145,10 @@ bool isRegularFile(const std::string& path) {
 
 // Splits ".../<prefix><sep>idx3-ubyte[.gz]" into prefix (with folder) and separator.
 bool splitImagesName(const std::string& path, std::string& prefix, char& sep, bool& gz) {
-  gz = endsWith(path, ".gz");
+  gz = path.ends_with(".gz");
   const std::string name = gz ? path.substr(0, path.size() - 3) : path;
   const std::string tail = "idx3-ubyte";
-  if (!endsWith(name, tail) || name.size() < tail.size() + 2) return false;
+  if (!name.ends_with(tail) || name.size() < tail.size() + 2) return false;
   sep = name[name.size() - tail.size() - 1];
   if (sep != '-' && sep != '.') return false;
   prefix = name.substr(0, name.size() - tail.size() - 1);
