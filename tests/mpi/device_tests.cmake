@@ -35,3 +35,8 @@ bna_speed_option(channels_last model --channels-last)
 # envelope by depth), not a fixed number: how far bf16 lands depends on the CPU's kernels
 # (native avx512_bf16 or emulated). Sums stay float64.
 bna_speed_option(autocast_bf16 bf16 --autocast bf16)
+
+# LibTorch 2.x warns once per process for deprecated calls (the per-device autocast switches,
+# allowTF32*): the runs that use autocast and plain float32 must print no such warning.
+set_property(TEST device_run_autocast_bf16 device_run_channels_last run_resnet_scripted_samples_np2
+             PROPERTY FAIL_REGULAR_EXPRESSION "[Dd]eprecat|Warning: ")
