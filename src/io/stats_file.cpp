@@ -1,34 +1,16 @@
 #include "io/stats_file.h"
 
 #include <cstdint>
-#include <cstring>
 #include <functional>
 
 #include <ATen/ATen.h>
 #include <caffe2/serialize/inline_container.h>
 
 #include "common/error.h"
+#include "torchfile/pickle_walker.h"
 
 namespace bnadapt::io {
 namespace {
-
-// Python's name for the legacy storage class of a dtype, as torch.save writes it in the
-// persistent id of a tensor's storage; torch.load(weights_only=True) accepts exactly these.
-const char* storageClass(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kFloat: return "FloatStorage";
-    case at::kDouble: return "DoubleStorage";
-    case at::kHalf: return "HalfStorage";
-    case at::kBFloat16: return "BFloat16Storage";
-    case at::kLong: return "LongStorage";
-    case at::kInt: return "IntStorage";
-    case at::kShort: return "ShortStorage";
-    case at::kChar: return "CharStorage";
-    case at::kByte: return "ByteStorage";
-    case at::kBool: return "BoolStorage";
-    default: return nullptr;
-  }
-}
 
 // The few pickle (protocol 2) opcodes a dict of tensors needs, written as torch.save does.
 class PickleWriter {
@@ -89,15 +71,18 @@ std::string serializeStats(const NamedTensors& tensors) {
   p.mark();
   for (const auto& [name, tensor] : tensors) {
     at::Tensor t = tensor.detach().cpu().contiguous().clone();
-    const char* cls = storageClass(t.scalar_type());
-    BNA_CHECK(cls != nullptr, ExitCode::kInternal, "stats tensor '", name, "' has dtype ",
-              t.scalar_type(), ", which the stats file does not write");
+    // The legacy storage class of the dtype ("torch.FloatStorage"), as torch.save names it;
+    // torch.load(weights_only=True) accepts exactly these.
+    const torchfile::DtypeInfo* dtype = torchfile::dtypeByType(t.scalar_type());
+    BNA_CHECK(dtype != nullptr && !dtype->storage.empty(), ExitCode::kInternal, "stats tensor '",
+              name, "' has dtype ", t.scalar_type(), ", which the stats file does not write");
+    const size_t dot = dtype->storage.rfind('.');
     p.string(name);
     p.global("torch._utils", "_rebuild_tensor_v2");
     p.mark();
     p.mark();
     p.string("storage");
-    p.global("torch", cls);
+    p.global(std::string(dtype->storage.substr(0, dot)), std::string(dtype->storage.substr(dot + 1)));
     p.string(std::to_string(storages.size()));
     p.string("cpu");
     p.integer(t.numel());

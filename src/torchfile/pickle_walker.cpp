@@ -607,6 +607,14 @@ const DtypeInfo* dtypeByName(std::string_view name) {
   return nullptr;
 }
 
+const DtypeInfo* dtypeByType(c10::ScalarType type) {
+  if (type == c10::ScalarType::Undefined) return nullptr;
+  for (const DtypeInfo& d : kDtypes) {
+    if (d.type == type) return &d;
+  }
+  return nullptr;
+}
+
 const DtypeInfo* dtypeByStorage(std::string_view storage_type) {
   // torch.save names the class by its module; a hand-written pickle may use the alias.
   if (storage_type == "torch.storage.UntypedStorage" || storage_type == "torch.UntypedStorage") {

@@ -79,6 +79,9 @@ struct DtypeInfo {
 };
 // By dtype name ("torch.uint16"), or null.
 const DtypeInfo* dtypeByName(std::string_view name);
+// By c10 type (kFloat: "torch.float32", "torch.FloatStorage"), or null for Undefined and the
+// types the table does not hold.
+const DtypeInfo* dtypeByType(c10::ScalarType type);
 // By storage class ("torch.HalfStorage"; the untyped "torch.storage.UntypedStorage" holds
 // bytes, torch.uint8), or null.
 const DtypeInfo* dtypeByStorage(std::string_view storage_type);
