@@ -62,7 +62,7 @@ inline void disableTF32OnCuda() {
 }
 
 // torch.save's zip archives. 2.7 made the alignment of record data configurable
-// (torch.serialization.config.save.storage_alignment, stated in a ".storage_alignment"
+// (torch.utils.serialization.config.save.storage_alignment, stated in a ".storage_alignment"
 // record) and let PyTorchStreamWriter take it; 1.13's writer always aligns to 64 bytes.
 inline constexpr uint64_t kDefaultRecordAlignment = 64;
 

@@ -2,9 +2,9 @@
 //
 // torch.save writes a zip archive whose storage records are stored, not compressed, at
 // aligned offsets (64 bytes, or torch 2.x's config.save.storage_alignment). The pickle
-// (data.pkl, small) is walked without running Python (checkpoint/pickle_walker.h) to find
-// the inputs tensor's record, shape and strides; then
-// each sample is one pread at a computed offset. A rank therefore holds only the batches it
+// (data.pkl, small) is walked without running Python (torchfile/pickle_walker.h) to find
+// the inputs tensor's record, shape and strides; then each sample is one pread at a
+// computed offset. A rank therefore holds only the batches it
 // forwards, whatever the size of the file, and the page cache is shared between ranks.
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -20,11 +20,11 @@
 #include <c10/util/Half.h>
 #include <caffe2/serialize/inline_container.h>
 
-#include "torchfile/pickle_walker.h"
 #include "common/error.h"
 #include "common/hash.h"
 #include "data/sources.h"
 #include "io/files.h"
+#include "torchfile/pickle_walker.h"
 
 namespace bnadapt::data {
 namespace {

@@ -99,15 +99,15 @@ torch::jit::Module loadModule(const std::string& path) {
   try {
     return torch::jit::load(path, c10::Device(c10::kCPU));
   } catch (const std::exception& e) {
+    std::string why = summarizeTorchError(e);
     const std::string newer = newerPyTorchAdvice(path);
-    if (!newer.empty()) {
-      std::string why = summarizeTorchError(e);
-      if (!why.empty() && why.back() == '.') why.pop_back();
-      fail(ExitCode::kModel, "model '", path, "' cannot be loaded as TorchScript: ", why, newer);
+    if (newer.empty()) {
+      why += " (expected an archive from torch.jit.script(...).save or torch.jit.trace(...).save)";
+    } else {
+      if (why.back() == '.') why.pop_back();  // summarizeTorchError never returns ""
+      why += newer;
     }
-    fail(ExitCode::kModel, "model '", path, "' cannot be loaded as TorchScript: ",
-         summarizeTorchError(e),
-         " (expected an archive from torch.jit.script(...).save or torch.jit.trace(...).save)");
+    fail(ExitCode::kModel, "model '", path, "' cannot be loaded as TorchScript: ", why);
   }
 }
 
