@@ -37,10 +37,10 @@ double peakRssMiB() {
   return static_cast<double>(usage.ru_maxrss) / 1024.0;  // Linux: KiB
 }
 
-data::DataOptions dataOptions(const config::Settings& st, const std::string& format,
+data::DataOptions dataOptions(const config::Settings& st, data::DataFormat format,
                               int64_t synthetic_size) {
   data::DataOptions o;
-  o.format = data::parseDataFormat(format).value_or(data::DataFormat::kAuto);
+  o.format = format;
   o.sample_shape = st.sample_shape;
   o.synthetic_size = synthetic_size;
   o.seed = st.seed;
@@ -120,7 +120,7 @@ int Job::place() {
   loading_.skip_corrupt = st_.skip_corrupt;
   loading_.pin_memory = place_.onGpu();  // page-locked batches: non-blocking copies to the GPU
   // Activations in bf16 where the device supports it; observed sums stay float64.
-  bf16_ = st_.autocast == "bf16";
+  bf16_ = st_.autocast == config::Precision::kBf16;
   if (bf16_) {
     compat::enableAutocast(place_.onGpu() ? c10::DeviceType::CUDA : c10::DeviceType::CPU,
                            at::kBFloat16);
@@ -149,7 +149,7 @@ void Job::openInputs() {
   plan_ = data::planBatches(st_.samples, st_.batch_size, data_->size());
   order_ = data::sampleOrder(data_->size(), st_.shuffle, st_.seed);
   if (st_.eval) {
-    eval_data_ = data::openDataset(st_.eval_data_path, dataOptions(st_, "auto", 0));
+    eval_data_ = data::openDataset(st_.eval_data_path, dataOptions(st_, data::DataFormat::kAuto, 0));
     BNA_CHECK(eval_data_->hasLabels(), ExitCode::kData, "--eval-data '", st_.eval_data_path,
               "' has no labels (", eval_data_->describe(),
               "); use class folders, IDX images with their labels file, or a tensor "

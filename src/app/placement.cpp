@@ -21,7 +21,7 @@ Placement pickPlacement(const config::Settings& st, const comm::Communicator& co
   std::string reason;
   int count = -1;
   const bool torch_cuda = torch::cuda::is_available();
-  if (st.device != "cpu") {
+  if (st.device != comm::DeviceRequest::kCpu) {
     if (torch_cuda) {
       count = static_cast<int>(torch::cuda::device_count());
     } else {
@@ -53,8 +53,9 @@ int checkSamePlacement(const config::Settings& st, comm::Communicator& comm,
   comm.allreduceMax(kinds);
   if (kinds[0] != -kinds[1] || kinds[2] != -kinds[3]) {
     if (comm.rank() == 0) {
-      log::error("ranks chose different devices or backends (--device ", st.device, ", --backend ",
-                 st.backend, "): some hosts have a usable GPU and some do not; pass --device ",
+      log::error("ranks chose different devices or backends (--device ",
+                 comm::deviceRequestName(st.device), ", --backend ",
+                 comm::backendRequestName(st.backend), "): some hosts have a usable GPU and some do not; pass --device ",
                  "and --backend explicitly");
     }
     return static_cast<int>(ExitCode::kUsage);

@@ -12,6 +12,7 @@
 #include "comm/launch_check.h"
 #include "common/log.h"
 #include "config/config_loader.h"
+#include "config/options.h"
 
 namespace bnadapt::app {
 

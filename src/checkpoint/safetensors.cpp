@@ -3,18 +3,20 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
-#include <unordered_set>
+#include <string_view>
+#include <unordered_map>
 #include <utility>
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "io/json_reader.h"
 
 namespace bnadapt::checkpoint {
 namespace {
 
-using Json = nlohmann::json;
+using OrderedJson = nlohmann::ordered_json;  // tensors in header order
 
 constexpr uint64_t kMaxHeaderBytes = 100 * 1000 * 1000;  // as the reference implementation
 constexpr char kMetadataKey[] = "__metadata__";
@@ -59,221 +61,102 @@ struct RawEntry {
   std::string dtype;
   std::vector<int64_t> shape;
   std::vector<uint64_t> offsets;
-  bool has_dtype = false, has_shape = false, has_offsets = false;
 };
 
-// SAX handler for the header. It checks the structure as it goes and keeps only the entries,
-// so it is linear in the header size, uses memory proportional to the entries, and rejects
-// duplicate keys (which a DOM parser would silently merge). It throws Error on the first
-// problem.
-class HeaderHandler {
+// Reads a header document (io::parseJson: duplicate keys, syntax and depth already checked)
+// into its entries and metadata, checking the structure safetensors defines. Throws Error
+// on the first problem.
+class HeaderReader {
  public:
-  explicit HeaderHandler(const std::string& path) : path_(path) {}
+  explicit HeaderReader(const std::string& path) : path_(path) {}
+
+  void read(const OrderedJson& header) {
+    if (!header.is_object()) {
+      fail(ExitCode::kCheckpoint, path_, ": header is not a JSON object (found ",
+           typeText(header), ")");
+    }
+    for (const auto& [key, value] : header.items()) {
+      if (key == kMetadataKey) {
+        readMetadata(value);
+      } else {
+        readEntry(key, value);
+      }
+    }
+  }
 
   std::vector<RawEntry>& entries() { return entries_; }
   std::map<std::string, std::string>& metadata() { return metadata_; }
-  bool complete() const { return done_; }
-
-  bool null() { return scalar("null"); }
-  bool boolean(bool /*unused*/) { return scalar("a boolean"); }
-  bool number_integer(Json::number_integer_t v) {
-    if (v < 0) return integer(true, 0);
-    return integer(false, static_cast<uint64_t>(v));
-  }
-  bool number_unsigned(Json::number_unsigned_t v) { return integer(false, v); }
-  bool number_float(Json::number_float_t /*unused*/, const std::string& /*unused*/) {
-    return scalar("a floating-point number");
-  }
-  bool string(std::string& s) {
-    if (skip_ > 0) return true;
-    if (state_ == State::kMetadata) {
-      metadata_[field_] = s;
-      return true;
-    }
-    if (state_ == State::kEntry && field_ == "dtype") {
-      entries_.back().dtype = s;
-      entries_.back().has_dtype = true;
-      return true;
-    }
-    return scalar("a string");
-  }
-  bool binary(Json::binary_t& /*unused*/) { return scalar("binary data"); }
-
-  bool start_object(std::size_t /*unused*/) {
-    if (skip_ > 0) return ++skip_, true;
-    switch (state_) {
-      case State::kStart:
-        state_ = State::kTop;
-        return true;
-      case State::kTop:
-        if (field_ == kMetadataKey) {
-          state_ = State::kMetadata;
-        } else {
-          state_ = State::kEntry;
-          entries_.emplace_back();
-          entries_.back().key = field_;
-        }
-        fields_.clear();
-        return true;
-      case State::kEntry:
-        if (isKnownField()) wrongType("an object");
-        skip_ = 1;
-        return true;
-      default:
-        return scalar("an object");
-    }
-  }
-
-  bool start_array(std::size_t /*unused*/) {
-    if (skip_ > 0) return ++skip_, true;
-    if (state_ == State::kEntry) {
-      if (field_ == "shape") {
-        state_ = State::kShape;
-        return true;
-      }
-      if (field_ == "data_offsets") {
-        state_ = State::kOffsets;
-        return true;
-      }
-      if (field_ != "dtype") {
-        skip_ = 1;
-        return true;
-      }
-    }
-    return scalar("an array");
-  }
-
-  bool end_object() {
-    if (skip_ > 0) return --skip_, true;
-    if (state_ == State::kTop) {
-      state_ = State::kDone;
-      done_ = true;
-    } else if (state_ == State::kMetadata) {
-      state_ = State::kTop;
-    } else if (state_ == State::kEntry) {
-      const RawEntry& e = entries_.back();
-      const char* missing = !e.has_dtype     ? "dtype"
-                            : !e.has_shape   ? "shape"
-                            : !e.has_offsets ? "data_offsets"
-                                             : nullptr;
-      if (missing != nullptr) fail(ExitCode::kCheckpoint, where(), " has no \"", missing, "\"");
-      state_ = State::kTop;
-    }
-    return true;
-  }
-
-  bool end_array() {
-    if (skip_ > 0) return --skip_, true;
-    if (state_ == State::kShape) {
-      entries_.back().has_shape = true;
-    } else if (state_ == State::kOffsets) {
-      BNA_CHECK(entries_.back().offsets.size() == 2, ExitCode::kCheckpoint, where(),
-                ": \"data_offsets\" must hold 2 integers, found ",
-                entries_.back().offsets.size());
-      entries_.back().has_offsets = true;
-    }
-    state_ = State::kEntry;
-    return true;
-  }
-
-  bool key(std::string& key) {
-    if (skip_ > 0) return true;
-    if (state_ == State::kTop) {
-      BNA_CHECK(top_keys_.insert(key).second, ExitCode::kCheckpoint, path_,
-                ": the header names '", key, "' twice");
-    } else {
-      BNA_CHECK(fields_.insert(key).second, ExitCode::kCheckpoint, where(), " has the key '",
-                key, "' twice");
-    }
-    field_ = key;
-    return true;
-  }
-
-  bool parse_error(std::size_t position, const std::string& /*last_token*/,
-                   const Json::exception& ex) {
-    std::string what = ex.what();
-    const auto end = what.find("] ");  // strip "[json.exception.parse_error.101] "
-    if (what.compare(0, 16, "[json.exception.") == 0 && end != std::string::npos) {
-      what = what.substr(end + 2);
-    }
-    fail(ExitCode::kCheckpoint, path_, ": header is not valid JSON (byte ", position,
-         " of the header): ", what);
-  }
 
  private:
-  enum class State { kStart, kTop, kMetadata, kEntry, kShape, kOffsets, kDone };
-
-  bool isKnownField() const {
-    return field_ == "dtype" || field_ == "shape" || field_ == "data_offsets";
-  }
-
-  std::string where() const {
-    if (state_ == State::kMetadata) return path_ + ": \"__metadata__\"";
-    return path_ + ": tensor '" + entries_.back().key + "'";
-  }
-
-  [[noreturn]] void wrongType(const char* found) const {
-    const char* expected = field_ == "dtype" ? "a string" : "an array of integers";
-    fail(ExitCode::kCheckpoint, where(), ": \"", field_, "\" must be ", expected, ", found ",
-         found);
-  }
-
-  bool integer(bool negative, uint64_t value) {
-    if (skip_ > 0) return true;
-    if (state_ == State::kShape) {
-      BNA_CHECK(!negative, ExitCode::kCheckpoint, where(), ": negative dimension in \"shape\"");
-      BNA_CHECK(value <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()),
-                ExitCode::kCheckpoint, where(), ": dimension ", value, " is too large");
-      entries_.back().shape.push_back(static_cast<int64_t>(value));
-      return true;
+  static std::string typeText(const OrderedJson& v) {
+    switch (v.type()) {
+      case OrderedJson::value_t::null: return "null";
+      case OrderedJson::value_t::boolean: return "a boolean";
+      case OrderedJson::value_t::string: return "a string";
+      case OrderedJson::value_t::number_integer:
+      case OrderedJson::value_t::number_unsigned: return "an integer";
+      case OrderedJson::value_t::number_float: return "a floating-point number";
+      case OrderedJson::value_t::object: return "an object";
+      case OrderedJson::value_t::array: return "an array";
+      default: return v.type_name();
     }
-    if (state_ == State::kOffsets) {
-      BNA_CHECK(!negative, ExitCode::kCheckpoint, where(), ": negative \"data_offsets\"");
-      BNA_CHECK(entries_.back().offsets.size() < 2, ExitCode::kCheckpoint, where(),
-                ": \"data_offsets\" must hold 2 integers, found more");
-      entries_.back().offsets.push_back(value);
-      return true;
-    }
-    return scalar("an integer");
   }
 
-  // A scalar (or an unexpected container) in the current position.
-  bool scalar(const char* found) {
-    if (skip_ > 0) return true;
-    switch (state_) {
-      case State::kStart:
-        fail(ExitCode::kCheckpoint, path_, ": header is not a JSON object (found ", found, ")");
-      case State::kTop:
-        if (field_ == kMetadataKey && std::strcmp(found, "null") == 0) return true;
-        fail(ExitCode::kCheckpoint, path_, ": ",
-             field_ == kMetadataKey ? "\"__metadata__\"" : "tensor '" + field_ + "'",
-             " must be an object, found ", found);
-      case State::kMetadata:
-        fail(ExitCode::kCheckpoint, where(), ": value of '", field_, "' must be a string, found ",
-             found);
-      case State::kEntry:
-        if (isKnownField()) wrongType(found);
-        return true;  // other fields are ignored
-      case State::kShape:
-      case State::kOffsets:
-        fail(ExitCode::kCheckpoint, where(), ": \"",
-             state_ == State::kShape ? "shape" : "data_offsets",
-             "\" must hold non-negative integers, found ", found);
-      case State::kDone:
-        break;
+  void readMetadata(const OrderedJson& v) {
+    if (v.is_null()) return;
+    const std::string where = path_ + ": \"__metadata__\"";
+    BNA_CHECK(v.is_object(), ExitCode::kCheckpoint, where, " must be an object, found ",
+              typeText(v));
+    for (const auto& [key, value] : v.items()) {
+      BNA_CHECK(value.is_string(), ExitCode::kCheckpoint, where, ": value of '", key,
+                "' must be a string, found ", typeText(value));
+      metadata_[key] = value.get<std::string>();
     }
-    fail(ExitCode::kCheckpoint, path_, ": unexpected ", found, " in the header");
+  }
+
+  // Non-negative integers of the array `field` of an entry (other fields are ignored).
+  std::vector<uint64_t> integers(const OrderedJson& v, const char* field,
+                                 const std::string& where) const {
+    BNA_CHECK(v.is_array(), ExitCode::kCheckpoint, where, ": \"", field,
+              "\" must be an array of integers, found ", typeText(v));
+    std::vector<uint64_t> out;
+    for (const OrderedJson& item : v) {
+      BNA_CHECK(!(item.is_number_integer() && !item.is_number_unsigned() && item.get<int64_t>() < 0),
+                ExitCode::kCheckpoint, where, ": negative ",
+                std::strcmp(field, "shape") == 0 ? "dimension in \"shape\"" : "\"data_offsets\"");
+      BNA_CHECK(item.is_number_integer(), ExitCode::kCheckpoint, where, ": \"", field,
+                "\" must hold non-negative integers, found ", typeText(item));
+      out.push_back(item.get<uint64_t>());
+    }
+    return out;
+  }
+
+  void readEntry(const std::string& key, const OrderedJson& v) {
+    const std::string where = path_ + ": tensor '" + key + "'";
+    BNA_CHECK(v.is_object(), ExitCode::kCheckpoint, where, " must be an object, found ",
+              typeText(v));
+    for (const char* field : {"dtype", "shape", "data_offsets"}) {
+      BNA_CHECK(v.contains(field), ExitCode::kCheckpoint, where, " has no \"", field, "\"");
+    }
+    RawEntry e;
+    e.key = key;
+    BNA_CHECK(v["dtype"].is_string(), ExitCode::kCheckpoint, where,
+              ": \"dtype\" must be a string, found ", typeText(v["dtype"]));
+    e.dtype = v["dtype"].get<std::string>();
+    for (const uint64_t d : integers(v["shape"], "shape", where)) {
+      BNA_CHECK(d <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()),
+                ExitCode::kCheckpoint, where, ": dimension ", d, " is too large");
+      e.shape.push_back(static_cast<int64_t>(d));
+    }
+    e.offsets = integers(v["data_offsets"], "data_offsets", where);
+    BNA_CHECK(e.offsets.size() == 2, ExitCode::kCheckpoint, where,
+              ": \"data_offsets\" must hold 2 integers, found ", e.offsets.size());
+    entries_.push_back(std::move(e));
   }
 
   const std::string& path_;
-  State state_ = State::kStart;
-  size_t skip_ = 0;  // open containers inside an ignored field
-  std::string field_;  // the key whose value comes next
-  std::unordered_set<std::string> top_keys_;
-  std::unordered_set<std::string> fields_;  // keys seen in the current entry or metadata
   std::vector<RawEntry> entries_;
   std::map<std::string, std::string> metadata_;
-  bool done_ = false;
 };
 
 }  // namespace
@@ -294,21 +177,19 @@ SafetensorsFile SafetensorsFile::parse(std::string bytes, const std::string& pat
   BNA_CHECK(header_len <= size - 8, ExitCode::kCheckpoint, path, ": header length ", header_len,
             " reaches beyond the end of the file (", size, " bytes)");
 
-  HeaderHandler handler(path);
-  const auto header_begin = b.begin() + 8;
-  const auto header_end = header_begin + static_cast<std::ptrdiff_t>(header_len);
-  // nlohmann's lexer takes a NUL byte as the end of input; valid JSON never holds a raw one.
-  const auto nul = std::find(header_begin, header_end, '\0');
-  BNA_CHECK(nul == header_end, ExitCode::kCheckpoint, path,
-            ": header is not valid JSON (NUL byte at byte ", nul - header_begin,
-            " of the header)");
-  try {
-    Json::sax_parse(header_begin, header_end, &handler, Json::input_format_t::json,
-                    /*strict=*/true);
-  } catch (const Json::exception& e) {  // not expected: parse errors go to the handler
-    fail(ExitCode::kCheckpoint, path, ": header is not valid JSON: ", e.what());
-  }
-  BNA_CHECK(handler.complete(), ExitCode::kCheckpoint, path, ": header is not valid JSON");
+  io::JsonSource source;
+  source.name = path + ": header";
+  source.code = ExitCode::kCheckpoint;
+  source.text_kind = "a safetensors header";
+  // Only what safetensors defines is stored: the metadata and each entry's three fields
+  // (other fields, however large, are checked for syntax only).
+  source.keep = [](const std::vector<std::string>& keys) {
+    return keys.size() <= 1 || keys[0] == kMetadataKey ||
+           (keys.size() == 2 &&
+            (keys[1] == "dtype" || keys[1] == "shape" || keys[1] == "data_offsets"));
+  };
+  HeaderReader handler(path);
+  handler.read(io::parseJson<OrderedJson>(std::string_view(b).substr(8, header_len), source));
 
   const uint64_t data_start = 8 + header_len;
   const uint64_t data_size = size - data_start;

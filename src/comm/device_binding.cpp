@@ -65,16 +65,14 @@ std::optional<int> visibleDeviceCount(const std::optional<std::string>& cuda_vis
   return count;
 }
 
-DeviceChoice chooseDevice(const std::string& requested, int local_rank, int local_size,
+DeviceChoice chooseDevice(DeviceRequest requested, int local_rank, int local_size,
                           int device_count, const std::string& unavailable_reason,
                           const std::optional<std::string>& cuda_visible_devices,
                           bool allow_sharing, bool build_has_cuda) {
-  BNA_CHECK(requested == "cpu" || requested == "cuda" || requested == "auto", ExitCode::kUsage,
-            "--device '", requested, "' is not one of cpu, cuda, auto");
   BNA_ASSERT(local_rank >= 0 && local_rank < local_size, "local rank ", local_rank, " of ",
              local_size);
   DeviceChoice choice;
-  if (requested == "cpu") {
+  if (requested == DeviceRequest::kCpu) {
     choice.reason = "--device cpu";
     return choice;
   }
@@ -90,7 +88,7 @@ DeviceChoice chooseDevice(const std::string& requested, int local_rank, int loca
     no_gpu = detail::concat("no CUDA device is visible", describeVisible(cuda_visible_devices));
   }
   if (!no_gpu.empty()) {
-    BNA_CHECK(requested != "cuda", ExitCode::kUsage, "--device cuda: ", no_gpu,
+    BNA_CHECK(requested != DeviceRequest::kCuda, ExitCode::kUsage, "--device cuda: ", no_gpu,
               "; use --device cpu (or auto) to run on the CPU");
     choice.reason = detail::concat("--device auto: running on the CPU: ", no_gpu);
     return choice;
@@ -121,12 +119,10 @@ DeviceChoice chooseDevice(const std::string& requested, int local_rank, int loca
 
 const char* backendName(Backend backend) { return backend == Backend::kNccl ? "nccl" : "mpi"; }
 
-Backend chooseBackend(const std::string& requested, DeviceChoice::Kind device, bool build_has_nccl,
+Backend chooseBackend(BackendRequest requested, DeviceChoice::Kind device, bool build_has_nccl,
                       bool device_shared) {
-  BNA_CHECK(requested == "auto" || requested == "nccl" || requested == "mpi", ExitCode::kUsage,
-            "--backend '", requested, "' is not one of auto, nccl, mpi");
-  if (requested == "mpi") return Backend::kMpi;
-  if (requested == "auto") {
+  if (requested == BackendRequest::kMpi) return Backend::kMpi;
+  if (requested == BackendRequest::kAuto) {
     return device == DeviceChoice::kCuda && build_has_nccl && !device_shared ? Backend::kNccl
                                                                              : Backend::kMpi;
   }

@@ -42,12 +42,23 @@ std::string deviceName(const DeviceChoice& choice);
 // that is not one of these (e.g. "-1") hides itself and every entry after it.
 std::optional<int> visibleDeviceCount(const std::optional<std::string>& cuda_visible_devices);
 
-// requested: "cpu" | "cuda" | "auto" (anything else: Error kUsage).
+// What --device asks for, and what --backend asks for; parsed once, by the option table.
+enum class DeviceRequest { kAuto, kCpu, kCuda };
+enum class BackendRequest { kAuto, kNccl, kMpi };
+// "auto", "cpu", "cuda"
+constexpr const char* deviceRequestName(DeviceRequest request) {
+  return request == DeviceRequest::kCpu ? "cpu" : request == DeviceRequest::kCuda ? "cuda" : "auto";
+}
+// "auto", "nccl", "mpi"
+constexpr const char* backendRequestName(BackendRequest request) {
+  return request == BackendRequest::kNccl ? "nccl" : request == BackendRequest::kMpi ? "mpi" : "auto";
+}
+
 // device_count: cudaDeviceCountOrReason()'s answer, -1 when CUDA is unavailable, with
 // unavailable_reason saying why. build_has_cuda: kBuildHasCuda.
 // Throws Error(kUsage) for "cuda" without a GPU and for more local ranks than GPUs
 // without allow_sharing.
-DeviceChoice chooseDevice(const std::string& requested, int local_rank, int local_size,
+DeviceChoice chooseDevice(DeviceRequest requested, int local_rank, int local_size,
                           int device_count, const std::string& unavailable_reason,
                           const std::optional<std::string>& cuda_visible_devices,
                           bool allow_sharing, bool build_has_cuda);
@@ -57,10 +68,10 @@ enum class Backend { kMpi, kNccl };
 // "mpi", "nccl"
 const char* backendName(Backend backend);
 
-// requested: "auto" | "nccl" | "mpi" (anything else: Error kUsage). device_shared: the
+// device_shared: the
 // DeviceChoice's `shared` (NCCL refuses two ranks on one GPU). Throws Error(kUsage) for
 // "nccl" on the CPU, on a shared GPU, or in a build without NCCL, saying how to fix it.
-Backend chooseBackend(const std::string& requested, DeviceChoice::Kind device, bool build_has_nccl,
+Backend chooseBackend(BackendRequest requested, DeviceChoice::Kind device, bool build_has_nccl,
                       bool device_shared = false);
 
 // "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", nvidia-smi's spelling of a device UUID.

@@ -3,12 +3,12 @@
 // Precedence, highest first: command line flag, the config file's "bnadapt_dist" section, the
 // NNCF keys of the config file (top-level "batch_size";
 // "compression[*].initializer.batchnorm_adaptation.num_bn_adaptation_samples"), built-in
-// defaults. The config file is validated in full even where flags override it. Every problem
-// is reported as bnadapt::Error(ExitCode::kUsage, one line); messages about the file begin with
-// the config file path and name the JSON path of the offending key.
+// defaults (Settings' initialisers). Every option is declared once, in config/options.h. The
+// config file is validated in full even where flags override it. Every problem is reported as
+// bnadapt::Error(ExitCode::kUsage, one line); messages about the file begin with the config
+// file path and name the JSON path of the offending key.
 #pragma once
 
-#include <cstddef>
 #include <exception>
 #include <string>
 #include <vector>
@@ -18,7 +18,8 @@
 namespace bnadapt::config {
 
 // Thrown by parseSettings() when the arguments contain --help or -h (anywhere, checked before
-// anything else). The caller prints usage() to stdout and exits with ExitCode::kOk.
+// anything else). The caller prints usage() (config/options.h) to stdout and exits with
+// ExitCode::kOk.
 class HelpRequested : public std::exception {
  public:
   const char* what() const noexcept override { return "help requested"; }
@@ -34,16 +35,5 @@ Settings parseSettings(const std::vector<std::string>& args);
 // named "<config>".
 Settings parseSettingsFromText(const std::string& config_text,
                                const std::vector<std::string>& args);
-
-// The --help text (several lines, ends with a newline).
-std::string usage();
-
-// Optimal-string-alignment edit distance (insertions, deletions, substitutions and adjacent
-// transpositions each cost 1).
-std::size_t editDistance(const std::string& a, const std::string& b);
-
-// The candidate nearest to `key` by editDistance(), or "" when even the nearest one is further
-// than max(2, key.size() / 3). Ties go to the earlier candidate.
-std::string nearestKey(const std::string& key, const std::vector<std::string>& candidates);
 
 }  // namespace bnadapt::config

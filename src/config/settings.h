@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "comm/device_binding.h"
+#include "data/data_format.h"
 #include "stats/weighting.h"
 
 namespace bnadapt::config {
@@ -13,18 +15,25 @@ namespace bnadapt::config {
 using stats::Weighting;
 using stats::weightingName;
 
+// --autocast: the forward passes in the model's own precision, or bfloat16 autocast.
+enum class Precision { kModel, kBf16 };
+constexpr const char* precisionName(Precision p) { return p == Precision::kBf16 ? "bf16" : "off"; }
+
+// The defaults of every option are the initialisers below, and only there: the option table
+// (config/options.cpp) reads them back for --help and the README.
+
 struct Settings {
   // Inputs.
   std::string model_path;   // --model / bnadapt_dist.model
   std::string data_path;    // --data / bnadapt_dist.data ("synthetic" for seeded normal data)
-  std::string data_format = "auto";  // --data-format: auto, tensor, imagefolder, idx, synthetic
+  data::DataFormat data_format = data::DataFormat::kAuto;  // --data-format
   // Sample shape without the batch dimension, from input_info.sample_size (which includes
   // the batch dimension, as NNCF writes it). Empty when not given.
   std::vector<int64_t> sample_shape;
 
   // Budget and batching.
   int64_t samples = 0;     // --samples / compression.initializer.batchnorm_adaptation.num_bn_adaptation_samples
-  int64_t batch_size = 0;  // --batch-size / bnadapt_dist.batch_size (else NNCF top-level batch_size)
+  int64_t batch_size = 32;  // --batch-size / bnadapt_dist.batch_size (else NNCF top-level batch_size)
   Weighting weighting = Weighting::kSamples;
   uint64_t seed = 0;
   bool shuffle = false;  // --shuffle: seeded random sample order
@@ -50,11 +59,11 @@ struct Settings {
   std::string report_path;        // --report: JSON report
 
   int threads = 0;  // --threads; 0 = cores / local ranks
-  std::string device = "auto";   // --device: auto, cpu, cuda
-  std::string backend = "auto";  // --backend: auto, nccl, mpi
+  comm::DeviceRequest device = comm::DeviceRequest::kAuto;     // --device
+  comm::BackendRequest backend = comm::BackendRequest::kAuto;  // --backend
   bool allow_gpu_sharing = false;  // --allow-gpu-sharing
   bool channels_last = false;    // --channels-last
-  std::string autocast = "off";  // --autocast: off, bf16
+  Precision autocast = Precision::kModel;  // --autocast
   // --timeout: seconds without progress (a finished batch, a new phase) before every rank
   // ends the job with exit code 8; 0 disables.
   int64_t timeout_seconds = 900;

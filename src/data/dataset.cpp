@@ -19,25 +19,6 @@ const char* kFormats =
 
 }  // namespace
 
-const char* dataFormatName(DataFormat f) {
-  switch (f) {
-    case DataFormat::kAuto: return "auto";
-    case DataFormat::kTensor: return "tensor";
-    case DataFormat::kImageFolder: return "imagefolder";
-    case DataFormat::kIdx: return "idx";
-    case DataFormat::kSynthetic: return "synthetic";
-  }
-  return "?";
-}
-
-std::optional<DataFormat> parseDataFormat(const std::string& name) {
-  for (DataFormat f : {DataFormat::kAuto, DataFormat::kTensor, DataFormat::kImageFolder,
-                       DataFormat::kIdx, DataFormat::kSynthetic}) {
-    if (name == dataFormatName(f)) return f;
-  }
-  return std::nullopt;
-}
-
 bool isTensorFileName(const std::string& name) {
   const std::string base = fs::path(name).filename().string();
   return !base.empty() && base[0] != '.' && (base.ends_with(".pt") || base.ends_with(".pth"));

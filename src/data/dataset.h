@@ -15,6 +15,8 @@
 
 #include <c10/core/ScalarType.h>
 
+#include "data/data_format.h"
+
 namespace bnadapt::data {
 
 class Dataset {
@@ -39,10 +41,6 @@ class Dataset {
   virtual uint64_t contentHash() const = 0;
 };
 
-enum class DataFormat { kAuto, kTensor, kImageFolder, kIdx, kSynthetic };
-const char* dataFormatName(DataFormat f);
-// "auto", "tensor", "imagefolder", "idx", "synthetic"; nullopt for anything else.
-std::optional<DataFormat> parseDataFormat(const std::string& name);
 
 struct DataOptions {
   DataFormat format = DataFormat::kAuto;

@@ -47,18 +47,19 @@ flags=(-std=$std -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefi
 src="$root/src"
 declare -A sources libs
 sources[fuzz_config]="$root/tests/fuzz/fuzz_config.cpp $src/config/config_loader.cpp
+  $src/config/config_file.cpp $src/config/options.cpp $src/io/json_reader.cpp
   $src/common/error.cpp"
 libs[fuzz_config]=""
 sources[fuzz_checkpoint]="$root/tests/fuzz/fuzz_checkpoint.cpp $src/torchfile/pickle_walker.cpp
   $src/checkpoint/safetensors.cpp $src/checkpoint/torch_zip_checkpoint.cpp
   $src/checkpoint/tensor_bytes.cpp $src/checkpoint/key_match.cpp $src/checkpoint/zip_patch.cpp
-  $src/common/error.cpp"
+  $src/io/json_reader.cpp $src/common/error.cpp"
 libs[fuzz_checkpoint]="$torch_libs -lz"
 
 for t in $targets; do
   bin="$build/$t"
   # Rebuild when the binary is missing or older than any source or header it may use.
-  if [ ! -x "$bin" ] || [ -n "$(find "$root/tests/fuzz" "$src/config" "$src/checkpoint" "$src/torchfile" "$src/stats" \
+  if [ ! -x "$bin" ] || [ -n "$(find "$root/tests/fuzz" "$src/config" "$src/checkpoint" "$src/torchfile" "$src/stats" "$src/io" "$src/data" "$src/comm" \
         "$src/common" -newer "$bin" \( -name '*.cpp' -o -name '*.h' \) | head -1)" ]; then
     echo "run_fuzzers: building $t with $cxx"
     # shellcheck disable=SC2086  # word splitting of the source and library lists is wanted

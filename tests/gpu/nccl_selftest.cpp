@@ -181,7 +181,7 @@ int selftest(MpiCommunicator& world) {
   std::string message;
   DeviceChoice device;
   try {
-    device = chooseDevice("cuda", world.localRank(), world.localSize(), count, reason,
+    device = chooseDevice(DeviceRequest::kCuda, world.localRank(), world.localSize(), count, reason,
                           processEnv("CUDA_VISIBLE_DEVICES"), false, kBuildHasCuda);
   } catch (const Error& e) {
     code = 2;

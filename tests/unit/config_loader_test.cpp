@@ -1,4 +1,5 @@
 #include "config/config_loader.h"
+#include "config/options.h"
 
 #include <unistd.h>
 

@@ -233,8 +233,6 @@ TEST_F(Inference, FromThePath) {
   EXPECT_NE(errorOf([&] { inferFormat(path("notes.txt")); }, ExitCode::kData)
                 .find("cannot tell the format"),
             std::string::npos);
-  EXPECT_EQ(parseDataFormat("imagefolder"), DataFormat::kImageFolder);
-  EXPECT_FALSE(parseDataFormat("images").has_value());
 }
 
 // ---- image folders -------------------------------------------------------------------------
