@@ -19,13 +19,9 @@ namespace {
 using Json = nlohmann::json;
 namespace fs = std::filesystem;
 
-constexpr uint64_t kMaxSamples = 1000000000000ULL;  // 1e12, as the option table
-constexpr uint64_t kMaxBatchSize = 1000000;
 constexpr uint64_t kMaxDim = std::numeric_limits<int32_t>::max();
 constexpr int kMaxDepth = 64;
 constexpr std::uintmax_t kMaxConfigBytes = 16u << 20;
-const char* const kPositiveSamples = "a positive integer at most 1000000000000";
-const char* const kPositiveBatch = "a positive integer at most 1000000";
 const char* const kNncfSamplesKey = "num_bn_adaptation_samples";
 
 // Keys of compression[*].initializer.batchnorm_adaptation. num_bn_forget_samples (NNCF 2.0)
@@ -74,7 +70,7 @@ class ConfigReader {
         readCompression(value, key);
       } else if (key == "batch_size") {
         out_.batch_size =
-            static_cast<int64_t>(readUnsigned(value, key, 1, kMaxBatchSize, kPositiveBatch));
+            static_cast<int64_t>(readRanged(value, key, *optionByKey("batch_size")));
       } else {
         checkNotNearMiss(key, usedTopLevelKeys(), io::jsonChild("", key));
         out_.ignored_keys.push_back(io::jsonChild("", key));
@@ -127,6 +123,11 @@ class ConfigReader {
     }
     if (value < min || value > max) typeError(path, expected, v);
     return value;
+  }
+
+  // An NNCF key that takes the values of option `o` (its range and wording).
+  uint64_t readRanged(const Json& v, const std::string& path, const Option& o) const {
+    return readUnsigned(v, path, o.min, o.max, o.expected);
   }
 
   // Relative paths in the file are relative to the file's directory.
@@ -277,7 +278,7 @@ class ConfigReader {
     for (const auto& [key, value] : v.items()) {
       const std::string p = io::jsonChild(path, key);
       if (key == kNncfSamplesKey) {
-        const uint64_t n = readUnsigned(value, p, 1, kMaxSamples, kPositiveSamples);
+        const uint64_t n = readRanged(value, p, *optionByKey("samples"));
         out_.nncf_samples.emplace_back(p, static_cast<int64_t>(n));
       } else if (key == "num_bn_forget_samples") {
         out_.ignored_keys.push_back(p);
