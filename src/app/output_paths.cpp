@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "io/file_names.h"
 #include "io/files.h"
 
 namespace bnadapt::app {
@@ -17,7 +18,7 @@ void checkOutputPaths(const config::Settings& st) {
       {"--report", st.report_path},
       {"--checkpoint-output", st.checkpoint_output_path},
       {"--checkpoint-output's .sha256",
-       st.checkpoint_output_path.empty() ? "" : st.checkpoint_output_path + ".sha256"}};
+       st.checkpoint_output_path.empty() ? "" : io::sidecarPath(st.checkpoint_output_path)}};
   for (size_t i = 0; i < outputs.size(); ++i) {
     const auto& [flag, path] = outputs[i];
     if (path.empty()) continue;

@@ -6,6 +6,7 @@
 #include "checkpoint/tensor_bytes.h"
 #include "checkpoint/torch_zip_checkpoint.h"
 #include "common/error.h"
+#include "io/file_names.h"
 #include "io/files.h"
 
 namespace bnadapt::checkpoint {
@@ -86,7 +87,7 @@ std::unique_ptr<Checkpoint> openCheckpoint(const std::string& path) {
     return head.size() >= magic.size() && std::string_view(head.data(), magic.size()) == magic;
   };
   if (startsWith("PK\x03\x04") || startsWith("PK\x05\x06")) return openTorchZip(path);
-  if (path.ends_with(".safetensors") || (head.size() > 8 && head[8] == '{')) {
+  if (io::isSafetensorsFileName(path) || (head.size() > 8 && head[8] == '{')) {
     return std::make_unique<SafetensorsCheckpoint>(
         path, io::readFile(path, "checkpoint", ExitCode::kCheckpoint));
   }

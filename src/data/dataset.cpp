@@ -6,6 +6,7 @@
 #include "data/idx_file.h"
 #include "data/image_decode.h"
 #include "data/sources.h"
+#include "io/file_names.h"
 #include "io/files.h"
 
 namespace bnadapt::data {
@@ -18,11 +19,6 @@ const char* kFormats =
     "(imagefolder), a *-idx3-ubyte[.gz] file (idx), or 'synthetic'";
 
 }  // namespace
-
-bool isTensorFileName(const std::string& name) {
-  const std::string base = fs::path(name).filename().string();
-  return !base.empty() && base[0] != '.' && (base.ends_with(".pt") || base.ends_with(".pth"));
-}
 
 std::string shapeString(const std::vector<int64_t>& shape) {
   std::string s = "[";
@@ -42,8 +38,8 @@ DataFormat inferFormat(const std::string& path) {
       const std::string name = entry.path().filename().string();
       if (name.empty() || name[0] == '.') continue;
       if (entry.is_directory()) folders = true;
-      else if (isTensorFileName(name)) tensors = true;
-      else if (isImageFileName(name)) images = true;
+      else if (io::isTensorFileName(name)) tensors = true;
+      else if (io::isImageFileName(name)) images = true;
     }
     BNA_CHECK(!ec, ExitCode::kData, "data folder '", path, "' cannot be listed: ", ec.message());
     BNA_CHECK(!(tensors && folders), ExitCode::kData, "data folder '", path,
@@ -57,10 +53,10 @@ DataFormat inferFormat(const std::string& path) {
          "; expected ", kFormats);
   }
   if (looksLikeIdxImages(path)) return DataFormat::kIdx;
-  if (isTensorFileName(path)) return DataFormat::kTensor;
+  if (io::isTensorFileName(path)) return DataFormat::kTensor;
   const std::string head = io::readHead(path, 4, "data file", ExitCode::kData);
   if (head.rfind("PK\x03\x04", 0) == 0) return DataFormat::kTensor;
-  BNA_CHECK(!isImageFileName(path), ExitCode::kData, "data path '", path,
+  BNA_CHECK(!io::isImageFileName(path), ExitCode::kData, "data path '", path,
             "' is a single image; point --data at the folder of class folders (imagefolder)");
   fail(ExitCode::kData, "cannot tell the format of data file '", path, "'; expected ", kFormats,
        ", or pass --data-format");

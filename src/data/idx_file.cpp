@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "common/error.h"
+#include "io/file_names.h"
 #include "io/files.h"
 
 namespace bnadapt::data {
@@ -141,18 +142,6 @@ std::string dimsString(const std::vector<int64_t>& dims) {
 bool isRegularFile(const std::string& path) {
   struct stat st {};
   return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
-// Splits ".../<prefix><sep>idx3-ubyte[.gz]" into prefix (with folder) and separator.
-bool splitImagesName(const std::string& path, std::string& prefix, char& sep, bool& gz) {
-  gz = path.ends_with(".gz");
-  const std::string name = gz ? path.substr(0, path.size() - 3) : path;
-  const std::string tail = "idx3-ubyte";
-  if (!name.ends_with(tail) || name.size() < tail.size() + 2) return false;
-  sep = name[name.size() - tail.size() - 1];
-  if (sep != '-' && sep != '.') return false;
-  prefix = name.substr(0, name.size() - tail.size() - 1);
-  return prefix.back() != '/';
 }
 
 }  // namespace
@@ -314,31 +303,12 @@ IdxArray readIdx(const std::string& path, uint64_t max_payload_bytes) {
 }
 
 bool looksLikeIdxImages(const std::string& path) {
-  std::string prefix;
-  char sep = 0;
-  bool gz = false;
-  return splitImagesName(path, prefix, sep, gz);
+  return io::splitIdxImagesName(path).has_value();
 }
 
 std::string matchingIdxLabels(const std::string& images_path) {
-  std::string prefix;
-  char sep = 0;
-  bool gz = false;
-  if (!splitImagesName(images_path, prefix, sep, gz)) return "";
-  std::vector<std::string> prefixes;
-  const auto slash = prefix.find_last_of('/');
-  const size_t base = slash == std::string::npos ? 0 : slash + 1;
-  const auto images = prefix.rfind("images");
-  if (images != std::string::npos && images >= base) {
-    prefixes.push_back(prefix.substr(0, images) + "labels" + prefix.substr(images + 6));
-  }
-  prefixes.push_back(prefix);
-  for (const std::string& p : prefixes) {
-    const std::string stem = p + sep + "idx1-ubyte";
-    for (const std::string& candidate : gz ? std::vector<std::string>{stem + ".gz", stem}
-                                           : std::vector<std::string>{stem, stem + ".gz"}) {
-      if (isRegularFile(candidate)) return candidate;
-    }
+  for (const std::string& candidate : io::idxLabelsCandidates(images_path)) {
+    if (isRegularFile(candidate)) return candidate;
   }
   return "";
 }

@@ -315,19 +315,6 @@ bool verticalPassFirst(int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w)
 
 }  // namespace
 
-bool isImageFileName(const std::string& name) {
-  static const char* const kExtensions[] = {".jpg", ".jpeg", ".png", ".ppm", ".bmp",
-                                            ".pgm", ".tif",  ".tiff", ".webp"};
-  std::string lower(name);
-  std::transform(lower.begin(), lower.end(), lower.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  for (const char* ext : kExtensions) {
-    const size_t k = std::strlen(ext);
-    if (lower.size() >= k && lower.compare(lower.size() - k, k, ext) == 0) return true;
-  }
-  return false;
-}
-
 ResizeCropGeometry resizeCropGeometry(int64_t height, int64_t width, const ImagePreprocess& p) {
   // torchvision's _compute_resized_output_size: new_long = int(S * long / short), in double.
   const int64_t s = p.resize_shorter;

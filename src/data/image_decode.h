@@ -49,9 +49,6 @@ struct ImagePreprocess {
 void decodeImage(std::string_view bytes, const std::string& name, const ImagePreprocess& p,
                  float* out);
 
-// torchvision's IMG_EXTENSIONS, case-insensitive: .jpg .jpeg .png .ppm .bmp .pgm .tif .tiff
-// .webp.
-bool isImageFileName(const std::string& name);
 
 // ---- the pieces of decodeImage, exposed for tests ------------------------------------------
 

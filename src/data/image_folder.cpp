@@ -10,6 +10,7 @@
 #include "common/hash.h"
 #include "data/image_decode.h"
 #include "data/sources.h"
+#include "io/file_names.h"
 #include "io/files.h"
 
 namespace bnadapt::data {
@@ -93,7 +94,7 @@ std::vector<std::string> imagesUnder(const fs::path& dir, int64_t& ignored) {
     for (const auto& entry : fs::directory_iterator(folder, ec)) {
       if (entry.is_directory()) continue;
       const std::string name = entry.path().filename().string();
-      if (isImageFileName(name)) {
+      if (io::isImageFileName(name)) {
         names.push_back(name);
       } else {
         ++ignored;

@@ -9,9 +9,6 @@
 
 namespace bnadapt::data {
 
-// A name a tensor file has: *.pt or *.pth, not hidden. Inference and shard listing use it.
-bool isTensorFileName(const std::string& name);
-
 // torch.save(tensor [N, ...]) or torch.save({"inputs": tensor [N, ...], "labels": [N]}), or a
 // folder of such files (sorted by name; sizes may differ, sample shapes may not). Only the
 // samples read are read from disk: the storage records are stored uncompressed, so a sample

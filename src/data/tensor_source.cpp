@@ -23,6 +23,7 @@
 #include "common/error.h"
 #include "common/hash.h"
 #include "data/sources.h"
+#include "io/file_names.h"
 #include "io/files.h"
 #include "torchfile/pickle_walker.h"
 
@@ -368,7 +369,7 @@ std::unique_ptr<Dataset> openTensorData(const std::string& path) {
   if (fs::is_directory(path, ec)) {
     std::vector<std::string> files;
     for (const auto& entry : fs::directory_iterator(path, ec)) {
-      if (entry.is_regular_file() && isTensorFileName(entry.path().string())) {
+      if (entry.is_regular_file() && io::isTensorFileName(entry.path().string())) {
         files.push_back(entry.path().string());
       }
     }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "io/file_names.h"
 #include "io/sha256.h"
 
 namespace bnadapt::io {
@@ -15,7 +16,7 @@ std::string StagedOutputs::addWithSidecar(const std::string& path, const Writer&
                                           int mode) {
   add(path, write_tmp, mode);
   const std::string sha256 = sha256FileHex(files_.back().tmpPath());
-  const std::string sidecar = path + ".sha256";
+  const std::string sidecar = sidecarPath(path);
   add(sidecar, bytesWriter(sha256 + "  " + path.substr(path.find_last_of('/') + 1) + "\n"));
   sidecars_.push_back(sidecar);
   return sha256;
@@ -23,7 +24,7 @@ std::string StagedOutputs::addWithSidecar(const std::string& path, const Writer&
 
 void StagedOutputs::commitAll() {
   for (auto& file : files_) {
-    const std::string sidecar = file.path() + ".sha256";
+    const std::string sidecar = sidecarPath(file.path());
     if (std::find(sidecars_.begin(), sidecars_.end(), sidecar) != sidecars_.end()) {
       std::remove(sidecar.c_str());
     }
