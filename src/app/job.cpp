@@ -97,7 +97,7 @@ Job::Job(const config::Settings& settings, comm::Communicator& comm)
       rank_(comm.rank()),
       world_(comm.size()),
       t_start_(std::chrono::steady_clock::now()),
-      threads_(settings.threads > 0 ? settings.threads : defaultThreads(comm.localSize())),
+      threads_(at::get_num_threads()),  // configureProcess() set them
       data_threads_(settings.data_threads > 0 ? settings.data_threads
                                               : std::max(1, threads_ / 2)),
       watchdog_(static_cast<double>(settings.timeout_seconds),
@@ -108,7 +108,6 @@ Job::Job(const config::Settings& settings, comm::Communicator& comm)
                 }) {}
 
 int Job::start() {
-  at::set_num_threads(threads_);
   logSettings(st_, comm_, threads_, data_threads_);
   return 0;
 }
@@ -122,8 +121,8 @@ int Job::place() {
   // Activations in bf16 where the device supports it; observed sums stay float64.
   bf16_ = st_.autocast == config::Precision::kBf16;
   if (bf16_) {
-    compat::enableAutocast(place_.onGpu() ? c10::DeviceType::CUDA : c10::DeviceType::CPU,
-                           at::kBFloat16);
+    autocast_.emplace(place_.onGpu() ? c10::DeviceType::CUDA : c10::DeviceType::CPU,
+                      at::kBFloat16);
   }
   return 0;
 }

@@ -1,7 +1,7 @@
 // One rank's run of the pipeline, one method per phase, called in order by app::run():
 //
-//   start              intra-op threads, the settings in the log
-//   place              device and backend (TF32 off on a GPU), autocast, the loader's options
+//   start              the settings in the log
+//   place              device and backend, autocast (this thread's), the loader's options
 //   load               setup: model (two copies), checkpoint (rank 0), data, batch plans
 //   checkConsistency   every rank has rank 0's settings, model and data (before data moves)
 //   connect            the device communicator for the statistics (NCCL), if any
@@ -17,6 +17,11 @@
 // Each phase is a collective: every rank calls it, and it returns 0 or the exit code every
 // rank agreed on (app/agreement.h); the caller stops at the first non-zero. A failed
 // collective throws (the ranks can no longer agree; app::main ends the job).
+//
+// A Job holds no process-wide state: what the process shares (intra-op threads, TF32, the
+// log's identity) is set by app::main (configureProcess), and autocast is the calling
+// thread's, restored when the Job ends. So ranks can also run as threads of one process
+// over ThreadCommunicator (the in-process tests do).
 #pragma once
 
 #include <chrono>
@@ -28,6 +33,7 @@
 #include "app/placement.h"
 #include "app/watchdog.h"
 #include "checkpoint/checkpoint.h"
+#include "common/torch_compat.h"
 #include "comm/communicator.h"
 #include "comm/make_communicator.h"
 #include "config/settings.h"
@@ -85,6 +91,7 @@ class Job {
 
   Placement place_;
   bool bf16_ = false;  // --autocast bf16
+  std::optional<compat::AutocastScope> autocast_;  // while bf16_
   data::LoaderOptions loading_;
 
   std::unique_ptr<model::AdaptableModel> model_;

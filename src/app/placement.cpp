@@ -15,7 +15,7 @@
 namespace bnadapt::app {
 namespace {
 
-// This rank's device and backend (throws for an impossible request); turns TF32 off on a GPU.
+// This rank's device and backend (throws for an impossible request).
 Placement pickPlacement(const config::Settings& st, const comm::Communicator& comm) {
   Placement out;
   std::string reason;
@@ -37,8 +37,6 @@ Placement pickPlacement(const config::Settings& st, const comm::Communicator& co
   if (out.onGpu()) {
     out.torch_device = c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(out.device.device));
     if (comm::kBuildHasCuda) out.uuid = comm::cudaDeviceUuid(out.device.device);
-    // TF32 would put convolutions 1e-3 away from the CPU's results.
-    compat::disableTF32OnCuda();
   }
   return out;
 }

@@ -7,10 +7,13 @@
 #include <exception>
 #include <thread>
 
+#include <ATen/Parallel.h>
+
 #include "app/agreement.h"
 #include "app/job.h"
 #include "comm/launch_check.h"
 #include "common/log.h"
+#include "common/torch_compat.h"
 #include "config/config_loader.h"
 #include "config/options.h"
 
@@ -22,6 +25,12 @@ int defaultThreads(int local_ranks) {
   if (sched_getaffinity(0, sizeof set, &set) == 0) cores = CPU_COUNT(&set);
   if (cores <= 0) cores = static_cast<int>(std::thread::hardware_concurrency());
   return std::max(1, cores / std::max(1, local_ranks));
+}
+
+void configureProcess(const config::Settings& settings, const comm::Communicator& comm) {
+  at::set_num_threads(settings.threads > 0 ? settings.threads : defaultThreads(comm.localSize()));
+  // TF32 would put CUDA convolutions 1e-3 away from the CPU's results (no effect on a CPU).
+  compat::disableTF32OnCuda();
 }
 
 // The pipeline, one phase after another (README "How it works"); each phase is agreed by
@@ -64,6 +73,7 @@ int main(const std::vector<std::string>& args, comm::Communicator& comm) {
       if (comm.rank() == 0) std::fputs(config::usage().c_str(), stdout);
       return 0;
     }
+    configureProcess(settings, comm);
     return static_cast<int>(run(settings, comm));
   } catch (const Error& e) {
     // A collective itself failed: the other ranks cannot be told; end the whole job.

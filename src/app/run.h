@@ -14,7 +14,12 @@ namespace bnadapt::app {
 // every rank agreed on. Errors that leave ranks unable to agree end the job (MPI_Abort).
 int main(const std::vector<std::string>& args, comm::Communicator& comm);
 
-// Runs the job with parsed settings; every rank calls it. Returns the agreed exit code.
+// What every rank of this process shares, set once before run(): intra-op threads (--threads,
+// else usable cores / ranks on this host) and full float32 precision on CUDA (no TF32).
+void configureProcess(const config::Settings& settings, const comm::Communicator& comm);
+
+// Runs the job with parsed settings; every rank calls it. Returns the agreed exit code. It
+// touches no process-wide state (see app/job.h): ranks may be threads of one process.
 ExitCode run(const config::Settings& settings, comm::Communicator& comm);
 
 // Intra-op threads per rank when --threads is 0: usable cores / ranks on this host, >= 1.

@@ -10,8 +10,25 @@ namespace bnadapt::log {
 
 enum class Level { kInfo, kWarn, kError };
 
-// Sets the prefix; before this, lines carry "[bnadapt_dist]".
+// Sets the process's prefix; before this, lines carry "[bnadapt_dist]".
 void setIdentity(const std::string& host, int rank, int size);
+
+// The identity of the calling thread, for ranks that run as threads of one process (tests
+// over ThreadCommunicator): while it lives, this thread's lines carry it and rank() is its
+// rank; other threads keep theirs.
+class ThreadIdentity {
+ public:
+  ThreadIdentity(const std::string& host, int rank, int size);
+  ~ThreadIdentity();
+  ThreadIdentity(const ThreadIdentity&) = delete;
+  ThreadIdentity& operator=(const ThreadIdentity&) = delete;
+
+ private:
+  std::string saved_prefix_;
+  int saved_rank_;
+};
+
+// The rank of this thread's identity (0 before any).
 int rank();
 
 void write(Level level, const std::string& line);

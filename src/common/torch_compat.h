@@ -28,23 +28,52 @@ namespace bnadapt::compat {
 // The LibTorch the tool was compiled against, e.g. "2.15.0".
 inline constexpr const char* kTorchVersion = TORCH_VERSION;
 
-// Turns autocast on for one device type with the given lower-precision dtype. 2.4 replaced
+// Turns autocast on or off for one device type, with the given lower-precision dtype. 2.4 replaced
 // the per-device functions (set_cpu_enabled, set_autocast_gpu_dtype, ...) with ones taking
 // the device type; the old ones warn at run time from 2.4 on.
-inline void enableAutocast(c10::DeviceType device, c10::ScalarType dtype) {
+inline void setAutocast(c10::DeviceType device, bool enabled, c10::ScalarType dtype) {
 #if BNADAPT_TORCH_AT_LEAST(2, 4)
-  at::autocast::set_autocast_enabled(device, true);
+  at::autocast::set_autocast_enabled(device, enabled);
   at::autocast::set_autocast_dtype(device, dtype);
 #else
   if (device == c10::DeviceType::CUDA) {
-    at::autocast::set_enabled(true);
+    at::autocast::set_enabled(enabled);
     at::autocast::set_autocast_gpu_dtype(dtype);
   } else {
-    at::autocast::set_cpu_enabled(true);
+    at::autocast::set_cpu_enabled(enabled);
     at::autocast::set_autocast_cpu_dtype(dtype);
   }
 #endif
 }
+
+// Autocast to `dtype` on `device` for the calling thread (autocast state is thread-local in
+// ATen) while the scope lives; the thread's previous state comes back at its end.
+class AutocastScope {
+ public:
+  AutocastScope(c10::DeviceType device, c10::ScalarType dtype) : device_(device) {
+#if BNADAPT_TORCH_AT_LEAST(2, 4)
+    was_enabled_ = at::autocast::is_autocast_enabled(device);
+    was_dtype_ = at::autocast::get_autocast_dtype(device);
+#else
+    const bool cuda = device == c10::DeviceType::CUDA;
+    was_enabled_ = cuda ? at::autocast::is_enabled() : at::autocast::is_cpu_enabled();
+    was_dtype_ =
+        cuda ? at::autocast::get_autocast_gpu_dtype() : at::autocast::get_autocast_cpu_dtype();
+#endif
+    setAutocast(device, true, dtype);
+  }
+  ~AutocastScope() {
+    setAutocast(device_, was_enabled_, was_dtype_);
+    at::autocast::clear_cache();
+  }
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  c10::DeviceType device_;
+  bool was_enabled_ = false;
+  c10::ScalarType was_dtype_ = c10::kBFloat16;
+};
 
 // Full float32 precision for CUDA convolutions and matmuls (no TF32): the GPU's statistics
 // then stay within float32 rounding of the CPU's. 2.9 replaced the allowTF32 switches with

@@ -19,7 +19,16 @@ function(bna_mpi_command out np)
       $<TARGET_FILE:bnadapt_dist> ${MPIEXEC_POSTFLAGS} ${ARGN} PARENT_SCOPE)
 endfunction()
 
+# bna_inproc_command(<out-var> <np> <tool args>...): the same job with np ranks as threads of
+# one process (tests/inproc/bnadapt_inproc.cpp, over ThreadCommunicator)
+function(bna_inproc_command out np)
+  set(${out} $<TARGET_FILE:bnadapt_inproc> --ranks ${np} ${ARGN} PARENT_SCOPE)
+endfunction()
+
 # ---- correctness against the float64 reference, np = 1, 2, 3, both estimators ------------
+# Most cases run their ranks as threads of one process (bna_inproc_command); the cases in
+# BNA_REAL_MPI run the real executable under mpiexec at every world size.
+set(BNA_REAL_MPI resnet_scripted mlp_two_batches)
 # case: name kind model data samples batch_size
 set(BNA_CASES
     "resnet_scripted resnet resnet_scripted.pt data_img32.pt 200 16"
@@ -47,10 +56,14 @@ foreach(case IN LISTS BNA_CASES)
     foreach(np 1 2 3)
       set(dir ${BNA_RUNS}/${name}_${weighting}_np${np})
       list(APPEND dirs ${dir})
-      bna_mpi_command(cmd ${np} --model ${BNA_FIX}/${model} --data ${BNA_FIX}/${data}
-                      --samples ${samples} --batch-size ${batch} --weighting ${weighting}
-                      --output ${dir}/out.pt --stats-output ${dir}/stats.pt
-                      --report ${dir}/report.json)
+      set(launch bna_inproc_command)
+      if(name IN_LIST BNA_REAL_MPI)
+        set(launch bna_mpi_command)
+      endif()
+      cmake_language(CALL ${launch} cmd ${np} --model ${BNA_FIX}/${model}
+                     --data ${BNA_FIX}/${data} --samples ${samples} --batch-size ${batch}
+                     --weighting ${weighting} --output ${dir}/out.pt
+                     --stats-output ${dir}/stats.pt --report ${dir}/report.json)
       set(test run_${name}_${weighting}_np${np})
       add_test(NAME ${test} COMMAND ${BNA_SRC_TESTS}/mpi/run_case.sh ${dir} -- ${cmd})
       set_tests_properties(${test} PROPERTIES FIXTURES_REQUIRED bna_fixtures
