@@ -348,6 +348,24 @@ void AdaptableModel::discover() {
 
 namespace {
 
+// Occurrences of names, in order of first appearance: "LayerNorm x12, GroupNorm x4".
+struct Counts {
+  std::vector<std::pair<std::string, int>> items;
+  void add(const std::string& name) {
+    auto it = std::find_if(items.begin(), items.end(), [&](const auto& c) { return c.first == name; });
+    if (it == items.end()) {
+      items.emplace_back(name, 1);
+    } else {
+      ++it->second;
+    }
+  }
+  std::string str() const {
+    std::string out;
+    for (const auto& [name, n] : items) out += (out.empty() ? "" : ", ") + name + " x" + std::to_string(n);
+    return out;
+  }
+};
+
 const std::regex kBnKind("^(Sync)?BatchNorm(Act)?([123]d)?$");
 
 // Why a module that owns running statistics, or a BatchNorm without them, is left alone;
@@ -382,21 +400,9 @@ std::optional<SkippedLayer> leftAlone(const torch::jit::Module& m, const std::st
 }  // namespace
 
 std::string countByCategory(const std::vector<SkippedLayer>& skipped) {
-  std::vector<std::pair<std::string, int>> counts;
-  for (const SkippedLayer& s : skipped) {
-    auto it = std::find_if(counts.begin(), counts.end(),
-                           [&](const auto& c) { return c.first == s.category; });
-    if (it == counts.end()) {
-      counts.emplace_back(s.category, 1);
-    } else {
-      ++it->second;
-    }
-  }
-  std::string out;
-  for (const auto& [category, n] : counts) {
-    out += (out.empty() ? "" : ", ") + category + " x" + std::to_string(n);
-  }
-  return out;
+  Counts counts;
+  for (const SkippedLayer& s : skipped) counts.add(s.category);
+  return counts.str();
 }
 
 void AdaptableModel::collectLayers(
@@ -455,36 +461,23 @@ void AdaptableModel::collectLayers(
 
 void AdaptableModel::failWithoutBatchNorm() const {
   // What normalisation the model does have, by class, in order of first appearance.
-  std::vector<std::pair<std::string, int>> norms;
+  Counts norms;
   for (const auto& item : calib_.named_modules()) {
     const std::string kind = typeName(item.value);
-    if (kind.find("Norm") == std::string::npos) continue;
-    auto it = std::find_if(norms.begin(), norms.end(), [&](const auto& n) { return n.first == kind; });
-    if (it == norms.end()) {
-      norms.emplace_back(kind, 1);
-    } else {
-      ++it->second;
-    }
+    if (kind.find("Norm") != std::string::npos) norms.add(kind);
   }
   bool graph_bn = false;
-  if (norms.empty()) {  // no such module: normalisation ops in the (inlined) forward graph
+  if (norms.items.empty()) {  // no such module: normalisation ops in the (inlined) forward graph
     std::vector<torch::jit::Node*> nodes;
     if (auto method = calib_.find_method("forward")) {
       collectNorms(torch::jit::toGraphFunction(method->function()).graph()->block(), nodes);
     }
     for (torch::jit::Node* n : nodes) {
-      const std::string kind = std::string(n->kind().toQualString()) + " in the graph";
       graph_bn = graph_bn || bnOp(n) != nullptr;
-      auto it = std::find_if(norms.begin(), norms.end(), [&](const auto& c) { return c.first == kind; });
-      if (it == norms.end()) {
-        norms.emplace_back(kind, 1);
-      } else {
-        ++it->second;
-      }
+      norms.add(std::string(n->kind().toQualString()) + " in the graph");
     }
   }
-  std::string what;
-  for (const auto& [kind, n] : norms) what += (what.empty() ? "" : ", ") + kind + " x" + std::to_string(n);
+  std::string what = norms.str();
   if (what.empty()) what = "no normalisation layer";
   std::string why;
   if (!skipped_.empty()) {
