@@ -46,13 +46,26 @@ sys.exit(0 if (torch.__version__.split("+")[0], torchvision.__version__.split("+
 PY
 then
   echo "install_deps: .venv has torch $TORCH_PIN and torchvision $TORCHVISION_PIN"
-  exit 0
+else
+  # The pyenv or system python3 (>= 3.10: the wheel's floor); the venv keeps pip's packages
+  # out of the system's.
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  echo "install_deps: installing torch $TORCH_PIN (CUDA build, about 4.5 GiB with its NVIDIA" \
+       "libraries; cached by pip after the first time) and torchvision $TORCHVISION_PIN into $venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+  "$venv/bin/python" -m pip install --progress-bar on "torch==$TORCH_PIN" "torchvision==$TORCHVISION_PIN"
+  echo "install_deps: .venv ready: $("$venv/bin/python" -c 'import torch; print("torch", torch.__version__)')"
 fi
-# The pyenv or system python3 (>= 3.10: the wheel's floor); the venv keeps pip's packages out
-# of the system's.
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-echo "install_deps: installing torch $TORCH_PIN (CUDA build, about 4.5 GiB with its NVIDIA" \
-     "libraries; cached by pip after the first time) and torchvision $TORCHVISION_PIN into $venv"
-"$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install --progress-bar on "torch==$TORCH_PIN" "torchvision==$TORCHVISION_PIN"
-echo "install_deps: .venv ready: $("$venv/bin/python" -c 'import torch; print("torch", torch.__version__)')"
+
+# The model zoo's architectures (timm) and the peers of tests/benchmarks/compare_peers.py and
+# launch/demo/nncf_recovery.py (fvcore, NNCF 3.x; torchao for nncf.strip), never moving torch.
+EXTRAS=(timm==1.0.31 fvcore==0.1.5.post20221221 nncf==3.4.0 torchao==0.18.0)
+if ! "$venv/bin/python" - "${EXTRAS[@]}" 2>/dev/null <<'PY'
+import sys
+from importlib.metadata import version
+sys.exit(0 if all(version(n) == v for n, v in (a.split("==") for a in sys.argv[1:])) else 1)
+PY
+then
+  echo "install_deps: installing ${EXTRAS[*]} into $venv"
+  "$venv/bin/python" -m pip install -q "${EXTRAS[@]}" "torch==$TORCH_PIN" "torchvision==$TORCHVISION_PIN"
+fi

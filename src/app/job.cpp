@@ -163,12 +163,17 @@ void Job::logInputs() const {
   log::info0("data: ", data_->describe());
   if (eval_data_) log::info0("eval data: ", eval_data_->describe());
   if (ckpt_) log::info0("checkpoint: ", ckpt_->describe());
+  const std::string by_reason = model::countByCategory(model_->skipped());
   log::info0(model_->layers().size(), " BN layer(s) to adapt, ", model_->skipped().size(),
-             " left alone; ", plan_.num_batches, " global batch(es) of ", plan_.batch_size,
-             " from ", plan_.used, " sample(s)");
-  for (const auto& m : model_->inlinedBatchNormModules()) {
-    log::warn0("module '", m, "' calls aten::batch_norm directly (an inlined or frozen graph); ",
-               "those calls are not BatchNorm modules and are not adapted");
+             " left alone", by_reason.empty() ? "" : " (" + by_reason + ")", "; ",
+             plan_.num_batches, " global batch(es) of ", plan_.batch_size, " from ", plan_.used,
+             " sample(s)");
+  for (const auto& s : model_->skipped()) {
+    log::warn0("left alone: layer '", s.name, "' (", s.kind, "): ", s.reason);
+  }
+  for (const auto& m : model_->unobservedBatchNormModules()) {
+    log::warn0("module '", m, "' calls batch_norm with constant statistics (a frozen graph); ",
+               "those calls are not adapted");
   }
   if (plan_.rounded != plan_.requested) {
     log::info0("samples: ", plan_.requested, " rounded to ", plan_.rounded,
@@ -333,7 +338,8 @@ void Job::adaptLayers() {
                 s.mean[c], ", var ", s.var[c], "); nothing written");
     }
     if (s.mean.empty()) {
-      log::warn0("layer '", layer.name, "' never ran in the forward passes: left unchanged");
+      log::warn0("unreached: layer '", layer.name, "' (", layer.kind,
+                 ") never ran in the forward passes: left unchanged");
     } else {
       ++adapted;
       model_->setStatistics(i, s.mean, s.var, run_.forwarded_batches);
@@ -341,14 +347,13 @@ void Job::adaptLayers() {
     }
     run_.results.push_back(std::move(s));
   }
-  std::string inlined;
-  for (const auto& m : model_->inlinedBatchNormModules()) inlined += " '" + m + "'";
+  std::string frozen;
+  for (const auto& m : model_->unobservedBatchNormModules()) frozen += " '" + m + "'";
   BNA_CHECK(adapted > 0, ExitCode::kModel, "no BatchNorm layer of '", st_.model_path,
             "' ran during the forward passes",
-            inlined.empty() ? std::string()
-                            : "; aten::batch_norm is called directly in" + inlined +
-                                  " (an inlined or frozen graph: save the model without "
-                                  "inlining)");
+            frozen.empty() ? std::string()
+                           : "; batch_norm is called with constant statistics in" + frozen +
+                                 " (a frozen graph: adapt the model before freezing it)");
 }
 
 int Job::evaluateAfter() {

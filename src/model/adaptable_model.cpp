@@ -1,8 +1,10 @@
 #include "model/adaptable_model.h"
 
+#include <algorithm>
 #include <iomanip>
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <regex>
 #include <sstream>
 #include <unordered_map>
@@ -20,33 +22,46 @@ namespace bnadapt::model {
 namespace {
 
 // ---- the observe operator ---------------------------------------------------------------
-// bnadapt::observe(x, key) -> x, inserted before every rewritten aten::batch_norm. `key` is
-// the layer's running_mean, which tells the instances of a shared BN type apart.
+// bnadapt::observe(x, key) -> x, inserted before every rewritten batch normalisation. `key`
+// is the running-mean tensor the node normalises with: it names the layer (and tells apart
+// the instances of a shared scripted type) and, through a process-wide registry, the model
+// whose calibrate() is running. Each model registers its own keys for the duration of its
+// calibrate(), so several models calibrate at once (two ranks as threads of one process);
+// a key nobody registered (a model that is not calibrating) makes observe a no-op.
 
-// Process-wide, not thread-local: torch.jit.fork runs subgraphs on the inter-op pool.
 struct ObserveContext {
   stats::StatsAccumulator* acc = nullptr;
-  const std::unordered_map<const c10::TensorImpl*, size_t>* keys = nullptr;
   const std::vector<BnLayer>* layers = nullptr;
-  std::string failure;  // the first layer that rejected its input
+  std::mutex mu;        // torch.jit.fork runs branches of one forward on the inter-op pool
+  std::string failure;  // the first layer that rejected its input; guarded by mu
 };
-std::mutex g_observe_mu;
-ObserveContext* g_context = nullptr;  // guarded by g_observe_mu
+
+struct Registration {
+  ObserveContext* ctx = nullptr;
+  size_t layer = 0;
+};
+
+std::mutex g_registry_mu;
+std::unordered_map<const c10::TensorImpl*, Registration>& registry() {  // guarded by g_registry_mu
+  static auto* r = new std::unordered_map<const c10::TensorImpl*, Registration>();
+  return *r;
+}
 
 at::Tensor observeOp(const at::Tensor& x, const c10::optional<at::Tensor>& key) {
-  std::lock_guard<std::mutex> lock(g_observe_mu);
-  ObserveContext* ctx = g_context;
-  if (ctx == nullptr || !key.has_value()) return x;  // run outside calibration: a no-op
-  auto it = ctx->keys->find(key->unsafeGetTensorImpl());
-  if (it == ctx->keys->end()) {
-    ctx->failure = "a BatchNorm layer that was not registered ran (its running_mean changed?)";
-    throw std::runtime_error(ctx->failure);
+  if (!key.has_value() || !key->defined()) return x;  // untracked: nothing to observe
+  Registration reg;
+  {
+    std::lock_guard<std::mutex> lock(g_registry_mu);
+    auto it = registry().find(key->unsafeGetTensorImpl());
+    if (it == registry().end()) return x;  // run outside calibration: a no-op
+    reg = it->second;
   }
+  std::lock_guard<std::mutex> lock(reg.ctx->mu);
   try {
-    ctx->acc->observe(it->second, x);
+    reg.ctx->acc->observe(reg.layer, x);
   } catch (const std::exception& e) {
-    if (ctx->failure.empty()) {
-      ctx->failure = "layer '" + (*ctx->layers)[it->second].name + "': " + e.what();
+    if (reg.ctx->failure.empty()) {
+      reg.ctx->failure = "layer '" + (*reg.ctx->layers)[reg.layer].name + "': " + e.what();
     }
     throw;
   }
@@ -59,31 +74,165 @@ TORCH_LIBRARY(bnadapt, m) {
         &observeOp);
 }
 
+// Registers one model's keys to `ctx` while it lives.
 class ContextScope {
  public:
-  explicit ContextScope(ObserveContext* ctx) {
-    std::lock_guard<std::mutex> lock(g_observe_mu);
-    g_context = ctx;
+  ContextScope(ObserveContext* ctx, const std::unordered_map<const c10::TensorImpl*, size_t>& keys)
+      : keys_(keys) {
+    std::lock_guard<std::mutex> lock(g_registry_mu);
+    for (const auto& item : keys_) {
+      BNA_ASSERT(registry().count(item.first) == 0, "a BatchNorm key is registered twice: the "
+                 "same model calibrating from two threads at once");
+    }
+    for (const auto& [key, layer] : keys_) registry().emplace(key, Registration{ctx, layer});
   }
   ~ContextScope() {
-    std::lock_guard<std::mutex> lock(g_observe_mu);
-    g_context = nullptr;
+    std::lock_guard<std::mutex> lock(g_registry_mu);
+    for (const auto& item : keys_) registry().erase(item.first);
   }
+  ContextScope(const ContextScope&) = delete;
+  ContextScope& operator=(const ContextScope&) = delete;
+
+ private:
+  const std::unordered_map<const c10::TensorImpl*, size_t>& keys_;
 };
 
 // ---- graph helpers -----------------------------------------------------------------------
 
-void collect(torch::jit::Block* block, c10::Symbol kind, std::vector<torch::jit::Node*>& out) {
+// The batch normalisation ops that take running statistics, and where their inputs are.
+struct BnOp {
+  const char* name;
+  size_t inputs;  // tells overloads apart (_native_batch_norm_legit.no_stats has 6)
+  int mean, var, training, momentum, eps;  // input indices; training -1: none
+};
+constexpr BnOp kBnOps[] = {
+    {"aten::batch_norm", 9, 3, 4, 5, 6, 7},
+    {"aten::native_batch_norm", 8, 3, 4, 5, 6, 7},
+    {"aten::_native_batch_norm_legit", 8, 3, 4, 5, 6, 7},
+    {"aten::_native_batch_norm_legit_no_training", 7, 3, 4, -1, 5, 6},
+    {"aten::_batch_norm_impl_index", 9, 3, 4, 5, 6, 7},
+};
+
+const BnOp* bnOp(const torch::jit::Node* node) {
+  for (const BnOp& op : kBnOps) {
+    if (node->kind() == c10::Symbol::fromQualString(op.name) && node->inputs().size() == op.inputs) {
+      return &op;
+    }
+  }
+  return nullptr;
+}
+
+void collectBn(torch::jit::Block* block, std::vector<torch::jit::Node*>& out) {
   for (torch::jit::Node* node : block->nodes()) {
-    if (node->kind() == kind) out.push_back(node);
-    for (torch::jit::Block* sub : node->blocks()) collect(sub, kind, out);
+    if (bnOp(node) != nullptr) out.push_back(node);
+    for (torch::jit::Block* sub : node->blocks()) collectBn(sub, out);
   }
 }
 
-std::shared_ptr<torch::jit::Graph> forwardGraph(const torch::jit::Module& m) {
-  auto method = m.find_method("forward");
-  if (!method) return nullptr;
-  return torch::jit::toGraphFunction(method->function()).graph();
+// Every normalisation op: batch normalisation and layer, group and instance norm.
+void collectNorms(torch::jit::Block* block, std::vector<torch::jit::Node*>& out) {
+  for (torch::jit::Node* node : block->nodes()) {
+    const std::string kind = node->kind().toQualString();
+    if (bnOp(node) != nullptr || kind == "aten::layer_norm" || kind == "aten::group_norm" ||
+        kind == "aten::instance_norm") {
+      out.push_back(node);
+    }
+    for (torch::jit::Block* sub : node->blocks()) collectNorms(sub, out);
+  }
+}
+
+std::vector<std::shared_ptr<torch::jit::Graph>> methodGraphs(const torch::jit::Module& m) {
+  std::vector<std::shared_ptr<torch::jit::Graph>> out;
+  for (const auto& method : m.get_methods()) {
+    out.push_back(torch::jit::toGraphFunction(method.function()).graph());
+  }
+  return out;
+}
+
+// The attribute path from the graph's `self` to `v` ({"bn", "running_mean"}) when v is
+// statically a module attribute (through optional unwraps and if-branches); else nullopt.
+std::optional<std::vector<std::string>> attrPath(torch::jit::Value* v, torch::jit::Value* self,
+                                                 int depth = 0) {
+  if (v == self) return std::vector<std::string>{};
+  if (depth > 64) return std::nullopt;
+  torch::jit::Node* n = v->node();
+  const std::string kind = n->kind().toQualString();
+  if (kind == "prim::GetAttr") {
+    auto base = attrPath(n->input(0), self, depth + 1);
+    if (base) base->push_back(n->s(c10::attr::name));
+    return base;
+  }
+  if (kind == "prim::unchecked_cast" || kind == "aten::_unwrap_optional" ||
+      kind == "prim::unchecked_unwrap_optional") {
+    return attrPath(n->input(0), self, depth + 1);
+  }
+  if (kind == "prim::If") {
+    for (torch::jit::Block* b : n->blocks()) {
+      if (auto p = attrPath(b->outputs()[v->offset()], self, depth + 1)) return p;
+    }
+  }
+  return std::nullopt;
+}
+
+bool isNoneConstant(torch::jit::Value* v) {
+  return v->node()->kind() == c10::prim::Constant && v->type()->kind() == c10::TypeKind::NoneType;
+}
+
+// Normalise with batch statistics and hand the input to observe first. momentum = 0 keeps
+// the calibration copy's running buffers (which other modules may read) unchanged.
+void observeNode(torch::jit::Graph& graph, torch::jit::Node* bn, const BnOp& op) {
+  const c10::Symbol observe = c10::Symbol::fromQualString("bnadapt::observe");
+  torch::jit::WithInsertPoint guard(bn);
+  torch::jit::Value* seen = graph.insert(observe, {bn->input(0), bn->input(op.mean)});
+  bn->replaceInput(0, seen);
+  bn->replaceInput(op.momentum, graph.insertConstant(0.0));
+  if (op.training >= 0) {
+    bn->replaceInput(op.training, graph.insertConstant(true));
+    return;
+  }
+  // _native_batch_norm_legit_no_training -> _native_batch_norm_legit(..., training=true, ...)
+  std::vector<torch::jit::Value*> inputs(bn->inputs().begin(), bn->inputs().begin() + 5);
+  inputs.push_back(graph.insertConstant(true));
+  inputs.push_back(bn->input(op.momentum));
+  inputs.push_back(bn->input(op.eps));
+  torch::jit::Node* legit = graph.create(
+      c10::Symbol::fromQualString("aten::_native_batch_norm_legit"), inputs, bn->outputs().size());
+  legit->insertBefore(bn);
+  for (size_t i = 0; i < bn->outputs().size(); ++i) {
+    legit->output(i)->setType(bn->output(i)->type());
+    bn->output(i)->replaceAllUsesWith(legit->output(i));
+  }
+  bn->destroy();
+}
+
+// Inlines every call in `graph` and rewrites each batch normalisation whose running mean is
+// a module attribute (not yet observed: a callee rewritten earlier brings its own observe).
+// Returns the calls whose statistics are no attribute (a frozen graph's constants).
+size_t rewriteGraph(torch::jit::Graph& graph) {
+  const c10::Symbol observe = c10::Symbol::fromQualString("bnadapt::observe");
+  torch::jit::Inline(graph);
+  std::vector<torch::jit::Node*> nodes;
+  collectBn(graph.block(), nodes);
+  size_t unobserved = 0;
+  for (torch::jit::Node* bn : nodes) {
+    const BnOp& op = *bnOp(bn);
+    if (bn->input(0)->node()->kind() == observe) continue;
+    if (!attrPath(bn->input(op.mean), graph.inputs()[0])) {
+      if (!isNoneConstant(bn->input(op.mean))) ++unobserved;
+      continue;
+    }
+    observeNode(graph, bn, op);
+  }
+  return unobserved;
+}
+
+std::optional<torch::jit::Module> subModule(torch::jit::Module m, const std::vector<std::string>& path,
+                                            size_t count) {
+  for (size_t i = 0; i < count; ++i) {
+    if (!m.hasattr(path[i]) || !m.attr(path[i]).isModule()) return std::nullopt;
+    m = m.attr(path[i]).toModule();
+  }
+  return m;
 }
 
 std::vector<double> toDoubles(const at::Tensor& t) {
@@ -93,6 +242,10 @@ std::vector<double> toDoubles(const at::Tensor& t) {
 
 bool isTensorAttr(const torch::jit::Module& m, const std::string& name) {
   return m.hasattr(name) && m.attr(name).isTensor();
+}
+
+std::string typeName(const torch::jit::Module& m) {
+  return m.type()->name() ? m.type()->name()->name() : "";
 }
 
 torch::jit::Module loadModule(const std::string& path) {
@@ -111,9 +264,14 @@ torch::jit::Module loadModule(const std::string& path) {
   }
 }
 
-const std::regex kBnName("^BatchNorm[123]d$");
-
 }  // namespace
+
+// What a batch normalisation node tells about the module that owns its statistics.
+struct AppliedBn {
+  double eps = 0;
+  std::string mean_attr;
+  std::string var_attr;
+};
 
 AdaptableModel::AdaptableModel(const std::string& path)
     : path_(path), calib_(loadModule(path)), output_(loadModule(path)) {
@@ -124,9 +282,6 @@ AdaptableModel::AdaptableModel(const std::string& path)
 AdaptableModel::~AdaptableModel() = default;
 
 void AdaptableModel::discover() {
-  std::unordered_map<std::string, torch::jit::Module> outputs;
-  for (const auto& item : output_.named_modules()) outputs.emplace(item.name, item.value);
-
   // What every rank must have loaded identically, and the dtype inputs should have.
   Fnv1a hash;
   bool have_dtype = false;
@@ -147,38 +302,147 @@ void AdaptableModel::discover() {
   hashAll(output_.named_buffers(/*recurse=*/true));
   content_hash_ = hash.digest();
 
-  const c10::Symbol batch_norm = c10::Symbol::fromQualString("aten::batch_norm");
-  const c10::Symbol observe = c10::Symbol::fromQualString("bnadapt::observe");
-  std::unordered_map<const torch::jit::Graph*, double> rewritten;  // graph -> eps
+  std::vector<torch::jit::NameModule> modules;
+  for (const auto& item : calib_.named_modules()) modules.push_back(item);
+
+  // 1. Rewrite every method graph once, children before parents: a parent that inlines a
+  //    child then takes the child's rewritten graph.
+  std::unordered_set<const torch::jit::Graph*> rewritten;
+  for (auto it = modules.rbegin(); it != modules.rend(); ++it) {
+    for (const auto& graph : methodGraphs(it->value)) {
+      if (!rewritten.insert(graph.get()).second) continue;
+      if (rewriteGraph(*graph) > 0) {
+        unobserved_.push_back(it->name.empty() ? std::string("<root>") : it->name);
+      }
+    }
+  }
+
+  // 2. In every instance's graphs, which module's tensors each batch normalisation reads.
+  std::unordered_map<const c10::TensorImpl*, AppliedBn> applied;  // by running-mean tensor
+  for (const auto& item : modules) {
+    for (const auto& graph : methodGraphs(item.value)) {
+      std::vector<torch::jit::Node*> nodes;
+      collectBn(graph->block(), nodes);
+      for (torch::jit::Node* bn : nodes) {
+        const BnOp& op = *bnOp(bn);
+        auto mean = attrPath(bn->input(op.mean), graph->inputs()[0]);
+        auto var = attrPath(bn->input(op.var), graph->inputs()[0]);
+        if (!mean || mean->empty()) continue;
+        auto owner = subModule(item.value, *mean, mean->size() - 1);
+        if (!owner || !isTensorAttr(*owner, mean->back())) continue;
+        AppliedBn a;
+        a.mean_attr = mean->back();
+        a.var_attr = var && !var->empty() ? var->back() : std::string("running_var");
+        if (owner->hasattr("eps") && owner->attr("eps").isDouble()) {
+          a.eps = owner->attr("eps").toDouble();
+        } else if (auto value = torch::jit::toIValue(bn->input(op.eps)); value && value->isDouble()) {
+          a.eps = value->toDouble();
+        }
+        applied.emplace(owner->attr(a.mean_attr).toTensor().unsafeGetTensorImpl(), a);
+      }
+    }
+  }
+  collectLayers(applied);
+  if (layers_.empty()) failWithoutBatchNorm();
+}
+
+namespace {
+
+// Occurrences of names, in order of first appearance: "LayerNorm x12, GroupNorm x4".
+struct Counts {
+  std::vector<std::pair<std::string, int>> items;
+  void add(const std::string& name) {
+    auto it = std::find_if(items.begin(), items.end(), [&](const auto& c) { return c.first == name; });
+    if (it == items.end()) {
+      items.emplace_back(name, 1);
+    } else {
+      ++it->second;
+    }
+  }
+  std::string str() const {
+    std::string out;
+    for (const auto& [name, n] : items) out += (out.empty() ? "" : ", ") + name + " x" + std::to_string(n);
+    return out;
+  }
+};
+
+const std::regex kBnKind("^(Sync)?BatchNorm(Act)?([123]d)?$");
+
+// Why a module that owns running statistics, or a BatchNorm without them, is left alone;
+// nullopt for every other module.
+std::optional<SkippedLayer> leftAlone(const torch::jit::Module& m, const std::string& name,
+                                      const std::string& kind) {
+  if (isTensorAttr(m, "running_mean") && isTensorAttr(m, "running_var")) {
+    if (!m.find_method("forward")) {
+      return SkippedLayer{name, kind, "unreached",
+                          "the forward never reaches it (a traced model keeps no graph for a "
+                          "module its example input did not run): statistics left unchanged"};
+    }
+    if (kind.find("Frozen") != std::string::npos) {
+      return SkippedLayer{name, kind, "frozen",
+                          "frozen by design: normalises with fixed running statistics, never "
+                          "with batch statistics (no batch_norm call to observe)"};
+    }
+    return SkippedLayer{name, kind, "not observable",
+                        "owns running_mean/running_var, but no forward graph hands them to "
+                        "batch_norm (another op or plain arithmetic normalises): its inputs "
+                        "cannot be observed"};
+  }
+  const bool none_buffer = m.hasattr("running_mean") && m.attr("running_mean").isNone() &&
+                           kind.find("InstanceNorm") == std::string::npos;
+  if (none_buffer || (std::regex_match(kind, kBnKind) && !isTensorAttr(m, "running_mean"))) {
+    return SkippedLayer{name, kind, "track_running_stats=False",
+                        "track_running_stats=False (no running buffers)"};
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::string countByCategory(const std::vector<SkippedLayer>& skipped) {
+  Counts counts;
+  for (const SkippedLayer& s : skipped) counts.add(s.category);
+  return counts.str();
+}
+
+void AdaptableModel::collectLayers(
+    const std::unordered_map<const c10::TensorImpl*, AppliedBn>& applied) {
+  std::unordered_map<std::string, torch::jit::Module> outputs;
+  for (const auto& item : output_.named_modules()) outputs.emplace(item.name, item.value);
   for (const auto& item : calib_.named_modules()) {
     const torch::jit::Module& m = item.value;
-    const std::string kind = m.type()->name() ? m.type()->name()->name() : "";
+    const std::string kind = typeName(m);
     const std::string name = item.name.empty() ? std::string("<root>") : item.name;
-    if (!std::regex_match(kind, kBnName)) {
-      if (auto graph = forwardGraph(m)) {
-        std::vector<torch::jit::Node*> direct;
-        collect(graph->block(), batch_norm, direct);
-        if (!direct.empty()) inlined_.push_back(name);
+    const AppliedBn* a = nullptr;
+    const c10::TensorImpl* key = nullptr;
+    for (const auto& attr : m.named_attributes(/*recurse=*/false)) {
+      if (!attr.value.isTensor()) continue;
+      auto found = applied.find(attr.value.toTensor().unsafeGetTensorImpl());
+      if (found != applied.end() && found->second.mean_attr == attr.name) {
+        a = &found->second;
+        key = found->first;
+        break;
       }
+    }
+    if (a == nullptr) {
+      if (auto s = leftAlone(m, name, kind)) skipped_.push_back(std::move(*s));
       continue;
     }
-    if (!isTensorAttr(m, "running_mean") || !isTensorAttr(m, "running_var")) {
-      skipped_.push_back({name, kind, "track_running_stats=False (no running buffers)"});
-      continue;
-    }
-    const c10::TensorImpl* key = m.attr("running_mean").toTensor().unsafeGetTensorImpl();
     if (auto seen = keys_.find(key); seen != keys_.end()) {  // one instance, two paths
       layers_[seen->second].aliases.push_back(item.name);
       continue;
     }
-    auto graph = forwardGraph(m);
-    BNA_CHECK(graph != nullptr, ExitCode::kModel, "model '", path_, "': layer '", name,
-              "' (", kind, ") has no forward method");
+    BNA_CHECK(isTensorAttr(m, a->var_attr), ExitCode::kModel, "model '", path_, "': layer '",
+              name, "' (", kind, ") normalises with '", a->mean_attr, "' but has no tensor '",
+              a->var_attr, "'");
     BnLayer layer;
     layer.name = item.name;
     layer.kind = kind;
-    layer.old_mean = toDoubles(m.attr("running_mean").toTensor());
-    layer.old_var = toDoubles(m.attr("running_var").toTensor());
+    layer.mean_attr = a->mean_attr;
+    layer.var_attr = a->var_attr;
+    layer.eps = a->eps;
+    layer.old_mean = toDoubles(m.attr(a->mean_attr).toTensor());
+    layer.old_var = toDoubles(m.attr(a->var_attr).toTensor());
     layer.channels = static_cast<int64_t>(layer.old_mean.size());
     layer.affine = isTensorAttr(m, "weight");
     if (isTensorAttr(m, "num_batches_tracked")) {
@@ -187,45 +451,44 @@ void AdaptableModel::discover() {
     BNA_CHECK(static_cast<int64_t>(layer.old_var.size()) == layer.channels, ExitCode::kModel,
               "model '", path_, "': layer '", name, "' has running_mean of ", layer.channels,
               " channels but running_var of ", layer.old_var.size());
-
-    // A scripted BN type is shared by its instances: rewrite its graph once.
-    auto done = rewritten.find(graph.get());
-    if (done == rewritten.end()) {
-      torch::jit::Inline(*graph);
-      std::vector<torch::jit::Node*> bns;
-      collect(graph->block(), batch_norm, bns);
-      BNA_CHECK(bns.size() == 1, ExitCode::kModel, "model '", path_, "': layer '", name, "' (",
-                kind, ") calls aten::batch_norm ", bns.size(), " times in its forward, expected once");
-      torch::jit::Node* bn = bns[0];
-      double eps = 0;
-      if (auto value = torch::jit::toIValue(bn->input(7)); value && value->isDouble()) {
-        eps = value->toDouble();
-      }
-      torch::jit::WithInsertPoint guard(bn);
-      torch::jit::Value* seen = graph->insert(observe, {bn->input(0), bn->input(3)});
-      bn->replaceInput(0, seen);
-      bn->replaceInput(5, graph->insertConstant(true));  // training: batch statistics
-      done = rewritten.emplace(graph.get(), eps).first;
-    }
-    layer.eps = done->second;
-
     auto out = outputs.find(item.name);
     BNA_ASSERT(out != outputs.end(), "layer ", name, " missing in the output copy");
     output_modules_.push_back(out->second);
     keys_.emplace(key, layers_.size());
     layers_.push_back(std::move(layer));
   }
-  if (layers_.empty()) {
-    std::string why = skipped_.empty()
-                          ? "it contains no BatchNorm1d/2d/3d module"
-                          : "its " + std::to_string(skipped_.size()) +
-                                " BatchNorm layer(s) all have track_running_stats=False";
-    if (!inlined_.empty()) {
-      why += "; aten::batch_norm is called directly in '" + inlined_.front() +
-             "' (an inlined or frozen graph: script or trace the model without inlining)";
-    }
-    fail(ExitCode::kModel, "model '", path_, "' has no BatchNorm layer to adapt: ", why);
+}
+
+void AdaptableModel::failWithoutBatchNorm() const {
+  // What normalisation the model does have, by class, in order of first appearance.
+  Counts norms;
+  for (const auto& item : calib_.named_modules()) {
+    const std::string kind = typeName(item.value);
+    if (kind.find("Norm") != std::string::npos) norms.add(kind);
   }
+  bool graph_bn = false;
+  if (norms.items.empty()) {  // no such module: normalisation ops in the (inlined) forward graph
+    std::vector<torch::jit::Node*> nodes;
+    if (auto method = calib_.find_method("forward")) {
+      collectNorms(torch::jit::toGraphFunction(method->function()).graph()->block(), nodes);
+    }
+    for (torch::jit::Node* n : nodes) {
+      graph_bn = graph_bn || bnOp(n) != nullptr;
+      norms.add(std::string(n->kind().toQualString()) + " in the graph");
+    }
+  }
+  std::string what = norms.str();
+  if (what.empty()) what = "no normalisation layer";
+  std::string why;
+  if (!skipped_.empty()) {
+    why += " (left alone: " + countByCategory(skipped_) + "; first: '" + skipped_.front().name +
+           "': " + skipped_.front().reason + ")";
+  }
+  if (!unobserved_.empty() || graph_bn) {
+    why += "; batch_norm runs without module buffers (a frozen graph? torch.jit.freeze folds "
+           "BN modules into convolutions and constants: adapt the model before freezing it)";
+  }
+  fail(ExitCode::kModel, "model '", path_, "': ", what, ": no BatchNorm to adapt", why);
 }
 
 std::vector<std::string> AdaptableModel::describeLayers() const {
@@ -238,7 +501,7 @@ std::vector<std::string> AdaptableModel::describeLayers() const {
     lines.push_back(os.str());
   }
   for (const SkippedLayer& s : skipped_) {
-    lines.push_back("skipped layer '" + s.name + "' " + s.kind);
+    lines.push_back("skipped layer '" + s.name + "' " + s.kind + " (" + s.category + ")");
   }
   std::ostringstream os;
   os << "model parameters and buffers hash=" << std::hex << std::setw(16) << std::setfill('0')
@@ -276,14 +539,18 @@ stats::StatsAccumulator AdaptableModel::makeAccumulator() const {
 void AdaptableModel::calibrate(const at::Tensor& batch, stats::StatsAccumulator& acc) {
   ObserveContext ctx;
   ctx.acc = &acc;
-  ctx.keys = &keys_;
   ctx.layers = &layers_;
-  ContextScope scope(&ctx);
+  ContextScope scope(&ctx, keys_);
   torch::NoGradGuard no_grad;
   try {
     calib_.forward({batch});
   } catch (const std::exception& e) {
-    if (!ctx.failure.empty()) fail(ExitCode::kData, ctx.failure);
+    std::string failure;
+    {
+      std::lock_guard<std::mutex> lock(ctx.mu);
+      failure = ctx.failure;
+    }
+    if (!failure.empty()) fail(ExitCode::kData, failure);
     fail(ExitCode::kData, "forward of input ", batch.sizes(), " failed: ", summarizeTorchError(e));
   }
 }
@@ -328,8 +595,8 @@ void AdaptableModel::setStatistics(size_t layer, const std::vector<double>& mean
     at::Tensor t = m.attr(buffer).toTensor();
     t.copy_(at::from_blob(const_cast<double*>(values.data()), {c}, at::kDouble));
   };
-  assign("running_mean", mean);
-  assign("running_var", var);
+  assign(layers_[layer].mean_attr.c_str(), mean);
+  assign(layers_[layer].var_attr.c_str(), var);
   if (isTensorAttr(m, "num_batches_tracked")) {
     m.attr("num_batches_tracked").toTensor().add_(batches);
   }
@@ -342,7 +609,8 @@ std::vector<std::pair<std::string, at::Tensor>> AdaptableModel::buffers(size_t l
   names.insert(names.end(), layers_[layer].aliases.begin(), layers_[layer].aliases.end());
   for (const std::string& name : names) {  // a state_dict lists a shared module per path
     const std::string prefix = name.empty() ? "" : name + ".";
-    for (const char* b : {"running_mean", "running_var", "num_batches_tracked"}) {
+    for (const std::string& b : {layers_[layer].mean_attr, layers_[layer].var_attr,
+                                 std::string("num_batches_tracked")}) {
       if (isTensorAttr(m, b)) out.emplace_back(prefix + b, m.attr(b).toTensor().cpu());
     }
   }

@@ -7,6 +7,8 @@
 namespace bnadapt::report {
 namespace {
 
+const char* const kUnreached = "never ran in the forward passes: statistics left unchanged";
+
 nlohmann::json summarize(const std::vector<double>& v) {
   if (v.empty()) return nullptr;
   double sum = 0;
@@ -91,6 +93,7 @@ nlohmann::json buildReport(const RunSummary& run) {
     if (!l.aliases.empty()) lj["aliases"] = l.aliases;
     if (s.mean.empty()) {
       lj["adapted"] = false;
+      lj["reason"] = kUnreached;
       unused.push_back(l.name);
     } else {
       lj["adapted"] = true;
@@ -107,9 +110,14 @@ nlohmann::json buildReport(const RunSummary& run) {
   j["unused_layers"] = unused;
   nlohmann::json skipped = nlohmann::json::array();
   for (const auto& s : *run.skipped) {
-    skipped.push_back({{"name", s.name}, {"kind", s.kind}, {"reason", s.reason}});
+    skipped.push_back(
+        {{"name", s.name}, {"kind", s.kind}, {"category", s.category}, {"reason", s.reason}});
   }
   j["skipped_layers"] = skipped;
+  j["layer_counts"] = {{"adapted", run.layers->size() - unused.size()},
+                       {"left_alone", run.skipped->size()},
+                       {"left_alone_by_reason", model::countByCategory(*run.skipped)},
+                       {"unreached", unused.size()}};
   if (!run.checkpoint_description.empty()) {
     j["checkpoint"] = {{"input", st.checkpoint_path},
                        {"output", st.checkpoint_output_path},
@@ -141,11 +149,13 @@ std::vector<std::string> summaryLines(const RunSummary& run) {
   char line[512];
   std::snprintf(line, sizeof line,
                 "adapted %zu of %zu BN layers from %lld samples in %lld batches on %d rank(s), "
-                "estimator '%s'",
+                "estimator '%s'; left alone %zu",
                 adapted, run.layers->size(), static_cast<long long>(run.plan.used),
                 static_cast<long long>(run.plan.num_batches), run.world_size,
-                config::weightingName(run.settings->weighting));
-  out.emplace_back(line);
+                config::weightingName(run.settings->weighting), run.skipped->size());
+  const std::string by_reason = model::countByCategory(*run.skipped);
+  out.emplace_back(std::string(line) + (by_reason.empty() ? "" : " (" + by_reason + ")") +
+                   "; unreached " + std::to_string(run.layers->size() - adapted));
   if (adapted > 0) {
     std::snprintf(line, sizeof line, "largest mean shift: %.3g sigma in layer '%s'", worst,
                   worst_name.c_str());
@@ -153,6 +163,11 @@ std::vector<std::string> summaryLines(const RunSummary& run) {
   }
   for (const auto& s : *run.skipped) {
     out.push_back("left alone: layer '" + s.name + "' (" + s.kind + "): " + s.reason);
+  }
+  for (size_t i = 0; i < run.layers->size(); ++i) {
+    if (!run.results[i].mean.empty()) continue;
+    out.push_back("unreached: layer '" + (*run.layers)[i].name + "' (" + (*run.layers)[i].kind +
+                  "): " + kUnreached);
   }
   if (run.skipped_samples > 0) {
     std::snprintf(line, sizeof line, "skipped %lld unreadable sample(s) of %lld (%.3g%%)",

@@ -33,7 +33,10 @@ must report world_size K. Checks:
              reference statistics: max|y - y_ref| / max|y_ref| <= max(forward-tol, margin *
              the same error of the eager model carrying the noisiest low-precision reference).
   report     world_size (from _npK), estimator == --weighting, layers == [{name, channels}]
-             of the adapted layers (order not checked).
+             of the adapted layers (order not checked); skipped_layers names, each with a
+             reason, exactly the modules models.left_alone() lists (FrozenBatchNorm2d, an
+             unobservable normalisation, track_running_stats=False), and the unreached layers
+             exactly the reference's.
 Exit status 0 when everything passes, 1 on any failure (all failures are listed), 2 on usage.
 """
 import argparse
@@ -238,7 +241,7 @@ def check_out_model(chk, where, path, stats, ref, model_sd, modes_in, x, y_ref, 
     return err, stale
 
 
-def check_report(chk, where, path, run_dir, ref, weighting):
+def check_report(chk, where, path, run_dir, ref, weighting, left_alone):
     try:
         with open(path) as f:
             rep = json.load(f)
@@ -265,7 +268,18 @@ def check_report(chk, where, path, run_dir, ref, weighting):
         if not (isinstance(entry, dict) and "name" in entry and "channels" in entry):
             chk.fail(where, f"report layers[{i}] = {entry!r} lacks name/channels")
             continue
-        got.append((entry["name"], entry["channels"]))
+        if entry.get("adapted", True):
+            got.append((entry["name"], entry["channels"]))
+    # Nothing silent: every other owner of running statistics is named with a reason, and
+    # every layer the forward never reached is named as unreached.
+    skipped = rep.get("skipped_layers") or []
+    unreached = set(rep.get("unused_layers") or [])
+    unreached |= {e.get("name") for e in skipped if e.get("category") == "unreached"}
+    named = {e.get("name") for e in skipped if e.get("category") != "unreached" and e.get("reason")}
+    chk.expect(named == set(left_alone), where, f"report skipped_layers with a reason: "
+               f"{_short(sorted(named))}, expected {_short(sorted(left_alone))}")
+    chk.expect(unreached == set(ref.unreached), where, f"report names as unreached "
+               f"{_short(sorted(unreached))}, expected {_short(sorted(ref.unreached))}")
     exp = list(ref.layers)
     chk.expect(sorted(got, key=str) == sorted(exp, key=str), where,
                f"report layers differ: missing {_short(sorted(set(exp) - set(got)))}, "
@@ -383,7 +397,8 @@ def main(argv=None):
             if r:
                 fwd.append(r)
         if os.path.isfile(paths["report.json"]):
-            check_report(chk, where, paths["report.json"], run, ref, args.weighting)
+            check_report(chk, where, paths["report.json"], run, ref, args.weighting,
+                         models.left_alone(eager))
         all_stats.append((run, stats))
 
     worst_cross = (0.0, 0.0)

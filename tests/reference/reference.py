@@ -22,7 +22,8 @@ Semantics (the tool's contract):
     samples: mean = sum x / n, var = unbiased variance over all n elements;
     batches: per batch b mean_b and unbiased var_b; mean = avg_b mean_b,
              var = avg_b (var_b + mean_b^2) - mean^2.
-  Calls of one layer within one global batch are pooled into that batch's statistics.
+  Calls of one layer within one global batch are pooled into that batch's statistics. A layer
+  no batch calls is unreached: not in .layers, listed in .unreached.
   num_batches_tracked = old + number of global batches.
 """
 import argparse
@@ -109,6 +110,7 @@ class Reference:
     old_nbt: dict  # name -> int
     stats: dict = field(default_factory=dict)  # weighting -> name -> (mean, var, nbt)
     untracked: list = field(default_factory=list)  # names of BN layers left alone
+    unreached: list = field(default_factory=list)  # adaptable layers the forward never calls
     elements: dict = field(default_factory=dict)  # name -> total element count per channel
 
 
@@ -148,6 +150,7 @@ def compute_reference(kind, model_path, data_path, samples, batch_size, dtype=to
         handles.append(m.register_forward_pre_hook(hook))
 
     total = {name: _Moments() for name, _ in tracked}
+    missing = {name: [] for name, _ in tracked}  # batches that did not call the layer
     per_batch = {name: [] for name, _ in tracked}
     try:
         with torch.no_grad():
@@ -163,15 +166,23 @@ def compute_reference(kind, model_path, data_path, samples, batch_size, dtype=to
                 for name, _ in tracked:
                     mo = current[name]
                     if mo.n == 0:
-                        raise RuntimeError(f"layer {name} was not called in batch {b}")
+                        missing[name].append(b)
+                        continue
                     total[name].merge(mo.n, mo.mean, mo.m2)
     finally:
         for h in handles:
             h.remove()
 
-    ref = Reference(kind=kind, layers=[(n, m.num_features) for n, m in tracked], used=used,
+    # A layer the forward never reaches keeps its statistics (the tool names it unreached); one
+    # reached in some batches only is not a case the contract covers.
+    unreached = [name for name, _ in tracked if len(missing[name]) == nb]
+    partial = {name: b for name, b in missing.items() if b and name not in unreached}
+    if partial:
+        raise RuntimeError(f"layers called in some batches only: {partial}")
+    tracked = [(n, m) for n, m in tracked if n not in unreached]
+    ref = Reference(kind=kind, layers=[(n, m.running_mean.numel()) for n, m in tracked], used=used,
                     num_batches=nb, n_data=int(inputs.shape[0]), old_nbt=old_nbt,
-                    untracked=untracked)
+                    untracked=untracked, unreached=unreached)
     ref.stats = {w: {} for w in WEIGHTINGS}
     for name, _ in tracked:
         t = total[name]
