@@ -401,8 +401,17 @@ void Job::stageAndCommit() {
 }
 
 int Job::shutdown() {
-  if (device_comm_) device_comm_->shutdown();
+  if (device_comm_) {
+    device_comm_->shutdown();
+    device_comm_.reset();
+  }
   return 0;
+}
+
+Job::~Job() {
+  // A phase failed after connect(): end the device communicator's pending work, never its
+  // collective shutdown (which would wait for ranks that may be gone).
+  if (device_comm_) device_comm_->abort();
 }
 
 }  // namespace bnadapt::app

@@ -52,6 +52,7 @@ class Job {
  public:
   // Starts the watchdog (--timeout); no collective.
   Job(const config::Settings& settings, comm::Communicator& comm);
+  ~Job();  // aborts the device communicator when shutdown() was not reached
   Job(const Job&) = delete;
   Job& operator=(const Job&) = delete;
 

@@ -24,6 +24,10 @@ Placement pickPlacement(const config::Settings& st, const comm::Communicator& co
   if (st.device != comm::DeviceRequest::kCpu) {
     if (torch_cuda) {
       count = static_cast<int>(torch::cuda::device_count());
+    } else if (comm::kBuildHasCuda) {  // a CUDA LibTorch: say why it sees no GPU
+      if (comm::cudaDeviceCountOrReason(reason) >= 0 && reason.empty()) {
+        reason = "LibTorch reports no usable CUDA device";
+      }
     } else {
       reason = "this LibTorch has no CUDA (Debian's is CPU-only; build against a CUDA "
                "LibTorch, see README 'GPU clusters')";

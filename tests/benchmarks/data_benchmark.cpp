@@ -28,6 +28,7 @@
 #include "data/image_decode.h"
 #include "data/loader.h"
 #include "data/sharding.h"
+#include "io/file_names.h"
 #include "io/files.h"
 #include "model/adaptable_model.h"
 
@@ -118,7 +119,7 @@ int main(int argc, char** argv) {
     // 1. Decoding throughput, one thread.
     std::vector<std::string> files;
     for (const auto& e : std::filesystem::recursive_directory_iterator(a.images)) {
-      if (e.is_regular_file() && data::isImageFileName(e.path().string())) {
+      if (e.is_regular_file() && io::isImageFileName(e.path().string())) {
         files.push_back(e.path().string());
       }
     }
