@@ -16,6 +16,7 @@
 #include "app/fingerprint.h"
 #include "app/output_paths.h"
 #include "app/run.h"
+#include "comm/cpu_binding.h"
 #include "comm/cuda_devices.h"
 #include "common/error.h"
 #include "common/log.h"
@@ -65,8 +66,8 @@ void logSettings(const config::Settings& st, const comm::Communicator& comm, int
                  int data_threads) {
   log::info0("bnadapt_dist ", BNADAPT_VERSION, " (LibTorch ", compat::kTorchVersion, "; ",
              comm::cudaLibraryVersions(), "): ", comm.size(), " rank(s), ", threads,
-             " intra-op and ", data_threads,
-             " data thread(s) per rank");
+             " intra-op and ", data_threads, " data thread(s) per rank; rank 0 may use ",
+             comm::allowedCores(), " of ", comm::onlineCores(), " core(s)");
   if (!st.config_path.empty()) log::info0("config: ", st.config_path);
   log::info0("model: ", st.model_path);
   log::info0("data: ", st.data_path);
@@ -98,8 +99,7 @@ Job::Job(const config::Settings& settings, comm::Communicator& comm)
       world_(comm.size()),
       t_start_(std::chrono::steady_clock::now()),
       threads_(at::get_num_threads()),  // configureProcess() set them
-      data_threads_(settings.data_threads > 0 ? settings.data_threads
-                                              : std::max(1, threads_ / 2)),
+      data_threads_(dataThreads(settings, threads_)),
       watchdog_(static_cast<double>(settings.timeout_seconds),
                 [this](const std::string& phase, double idle) {
                   log::error("no progress for ", static_cast<int64_t>(idle), " s during ", phase,

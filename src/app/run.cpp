@@ -1,16 +1,15 @@
 #include "app/run.h"
 
-#include <sched.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <exception>
-#include <thread>
+#include <string>
 
 #include <ATen/Parallel.h>
 
 #include "app/agreement.h"
 #include "app/job.h"
+#include "comm/cpu_binding.h"
 #include "comm/launch_check.h"
 #include "common/log.h"
 #include "common/torch_compat.h"
@@ -19,16 +18,51 @@
 
 namespace bnadapt::app {
 
-int defaultThreads(int local_ranks) {
-  cpu_set_t set;
-  int cores = 0;
-  if (sched_getaffinity(0, sizeof set, &set) == 0) cores = CPU_COUNT(&set);
-  if (cores <= 0) cores = static_cast<int>(std::thread::hardware_concurrency());
-  return std::max(1, cores / std::max(1, local_ranks));
+int dataThreads(const config::Settings& settings, int intra_op) {
+  return settings.data_threads > 0 ? settings.data_threads : std::max(1, intra_op / 2);
 }
 
+namespace {
+
+// Widens a launcher's default binding to the rank's node share, or warns once when the rank
+// has fewer cores than threads (comm/cpu_binding.h). Returns the cores the rank may use.
+int claimCores(const config::Settings& settings, const comm::Communicator& comm) {
+  const comm::CoreCounts counts{comm::allowedCores(), comm::onlineCores(), comm.localSize(),
+                                comm.localRank()};
+  const int planned = settings.threads > 0 ? settings.threads : comm::nodeShare(counts);
+  const comm::BindingPlan plan =
+      comm::planBinding(comm::processEnv, counts, planned, dataThreads(settings, planned));
+  if (plan.action == comm::BindingPlan::Action::kWiden) {
+    const std::string cores = std::to_string(plan.first_core) + "-" +
+                              std::to_string(plan.first_core + plan.cores - 1);
+    if (comm::setProcessAffinity(plan.first_core, plan.cores)) {
+      log::info("the launcher's default binding gave this rank ", counts.allowed,
+                " core(s); widened to its node share, cores ", cores);
+    } else {
+      log::warn("could not widen the launcher's binding (", counts.allowed,
+                " core(s)) to cores ", cores, "; launch with `mpirun --bind-to none`");
+    }
+  } else if (plan.action == comm::BindingPlan::Action::kWarn) {
+    log::warn(plan.message);
+  } else if (!plan.message.empty()) {
+    log::info(plan.message);
+  }
+  const int cores = comm::allowedCores();
+  if (settings.threads > cores && plan.action != comm::BindingPlan::Action::kWarn) {
+    log::warn("--threads ", settings.threads, " is more than the ", cores,
+              " core(s) this rank may use (", comm::onlineCores(), " online, ", comm.localSize(),
+              " rank(s) on this node): the threads share cores; use --threads ", cores,
+              " or fewer");
+  }
+  return cores;
+}
+
+}  // namespace
+
 void configureProcess(const config::Settings& settings, const comm::Communicator& comm) {
-  at::set_num_threads(settings.threads > 0 ? settings.threads : defaultThreads(comm.localSize()));
+  const int cores = claimCores(settings, comm);
+  const int share = comm::nodeShare({cores, comm::onlineCores(), comm.localSize(), 0});
+  at::set_num_threads(settings.threads > 0 ? settings.threads : std::min(share, cores));
   // TF32 would put CUDA convolutions 1e-3 away from the CPU's results (no effect on a CPU).
   compat::disableTF32OnCuda();
 }

@@ -14,15 +14,18 @@ namespace bnadapt::app {
 // every rank agreed on. Errors that leave ranks unable to agree end the job (MPI_Abort).
 int main(const std::vector<std::string>& args, comm::Communicator& comm);
 
-// What every rank of this process shares, set once before run(): intra-op threads (--threads,
-// else usable cores / ranks on this host) and full float32 precision on CUDA (no TF32).
+// What every rank of this process shares, set once before run(): the cores it runs on (a
+// launcher's default binding narrower than the rank's node share is widened, any other one
+// that leaves fewer cores than threads gets one warning: comm/cpu_binding.h), intra-op
+// threads (--threads, else min(online cores / ranks on this host, cores allowed)) and full
+// float32 precision on CUDA (no TF32).
 void configureProcess(const config::Settings& settings, const comm::Communicator& comm);
 
 // Runs the job with parsed settings; every rank calls it. Returns the agreed exit code. It
 // touches no process-wide state (see app/job.h): ranks may be threads of one process.
 ExitCode run(const config::Settings& settings, comm::Communicator& comm);
 
-// Intra-op threads per rank when --threads is 0: usable cores / ranks on this host, >= 1.
-int defaultThreads(int local_ranks);
+// Decoding threads per rank: --data-threads, else half the intra-op threads, at least 1.
+int dataThreads(const config::Settings& settings, int intra_op);
 
 }  // namespace bnadapt::app

@@ -5,18 +5,14 @@
 
 #include <gtest/gtest.h>
 
+#include "fake_env.h"
+
 namespace bnadapt::comm {
 namespace {
 
-using Env = std::map<std::string, std::string>;
-
-EnvLookup lookup(const Env& env) {
-  return [env](const std::string& name) -> std::optional<std::string> {
-    auto it = env.find(name);
-    if (it == env.end()) return std::nullopt;
-    return it->second;
-  };
-}
+using fake_env::Env;
+using fake_env::lookup;
+using fake_env::with;
 
 // The environments the launchers really leave (Slurm 22.05, Open MPI 4.1, checked on the
 // one-node test cluster of tests/slurm/run_slurm_test.sh).
@@ -25,11 +21,6 @@ const Env kSrunTask{{"SLURM_NTASKS", "2"},         {"SLURM_PROCID", "1"},
                     {"SLURM_STEP_ID", "0"},        {"SLURM_STEPID", "0"},
                     {"SLURM_STEP_NUM_TASKS", "2"}, {"PMIX_RANK", "1"}};
 const Env kMpirunInBatch{{"OMPI_COMM_WORLD_SIZE", "2"}, {"SLURM_NTASKS", "2"}, {"SLURM_PROCID", "0"}};
-
-Env with(Env env, const Env& more) {
-  for (const auto& [k, v] : more) env[k] = v;
-  return env;
-}
 
 TEST(CheckLaunch, NoLauncherIsFine) {
   EXPECT_EQ(checkLaunch(lookup({}), 1), "");
