@@ -47,31 +47,66 @@ std::unordered_map<const c10::TensorImpl*, Registration>& registry() {  // guard
   return *r;
 }
 
-at::Tensor observeOp(const at::Tensor& x, const c10::optional<at::Tensor>& key) {
-  if (!key.has_value() || !key->defined()) return x;  // untracked: nothing to observe
-  Registration reg;
-  {
-    std::lock_guard<std::mutex> lock(g_registry_mu);
-    auto it = registry().find(key->unsafeGetTensorImpl());
-    if (it == registry().end()) return x;  // run outside calibration: a no-op
-    reg = it->second;
-  }
+// The registration of `key`, or nullopt (untracked, or a model that is not calibrating).
+std::optional<Registration> registered(const c10::optional<at::Tensor>& key) {
+  if (!key.has_value() || !key->defined()) return std::nullopt;
+  std::lock_guard<std::mutex> lock(g_registry_mu);
+  auto it = registry().find(key->unsafeGetTensorImpl());
+  if (it == registry().end()) return std::nullopt;
+  return it->second;
+}
+
+stats::BatchMoments observeRegistered(const Registration& reg, const at::Tensor& x,
+                                      c10::optional<at::ScalarType> dtype) {
   std::lock_guard<std::mutex> lock(reg.ctx->mu);
   try {
-    reg.ctx->acc->observe(reg.layer, x);
+    return reg.ctx->acc->observe(reg.layer, x, dtype);
   } catch (const std::exception& e) {
     if (reg.ctx->failure.empty()) {
       reg.ctx->failure = "layer '" + (*reg.ctx->layers)[reg.layer].name + "': " + e.what();
     }
     throw;
   }
+}
+
+at::Tensor observeOp(const at::Tensor& x, const c10::optional<at::Tensor>& key) {
+  if (const auto reg = registered(key)) observeRegistered(*reg, x, c10::nullopt);
   return x;
+}
+
+// bnadapt::batch_moments(x, running_mean, running_var) -> (mean, var): the batch's
+// per-channel mean and biased variance, in the running buffers' dtype, observed on the way.
+// Inserted in front of aten::batch_norm, which then normalises with them in eval mode: the
+// statistics are computed once, by the observation's fused float64 pass, instead of once
+// there and once more inside training-mode batch norm. Outside calibration: at::var_mean.
+std::tuple<at::Tensor, at::Tensor> batchMomentsOp(const at::Tensor& x,
+                                                   const c10::optional<at::Tensor>& running_mean,
+                                                   const c10::optional<at::Tensor>& running_var) {
+  (void)running_var;  // names the variance buffer for discovery (attrPath); not read
+  const auto dtype = running_mean.has_value() && running_mean->defined()
+                         ? c10::optional<at::ScalarType>(running_mean->scalar_type())
+                         : c10::nullopt;
+  if (const auto reg = registered(running_mean)) {
+    stats::BatchMoments m = observeRegistered(*reg, x, dtype);
+    return {m.mean, m.var};
+  }
+  std::vector<int64_t> dims;
+  for (int64_t i = 0; i < x.dim(); ++i) {
+    if (i != 1) dims.push_back(i);
+  }
+  auto [var, mean] = at::var_mean(x, dims, /*unbiased=*/false, /*keepdim=*/false);
+  const at::ScalarType type = dtype.value_or(x.scalar_type());
+  return {mean.to(type), var.to(type)};
 }
 
 TORCH_LIBRARY(bnadapt, m) {
   m.def(torch::schema("bnadapt::observe(Tensor x, Tensor? key) -> Tensor",
                       c10::AliasAnalysisKind::CONSERVATIVE),
         &observeOp);
+  m.def(torch::schema("bnadapt::batch_moments(Tensor x, Tensor? running_mean, "
+                      "Tensor? running_var) -> (Tensor, Tensor)",
+                      c10::AliasAnalysisKind::CONSERVATIVE),
+        &batchMomentsOp);
 }
 
 // Registers one model's keys to `ctx` while it lives.
@@ -162,6 +197,9 @@ std::optional<std::vector<std::string>> attrPath(torch::jit::Value* v, torch::ji
     if (base) base->push_back(n->s(c10::attr::name));
     return base;
   }
+  if (kind == "bnadapt::batch_moments") {  // output 0 stands for input 1, output 1 for input 2
+    return attrPath(n->input(1 + v->offset()), self, depth + 1);
+  }
   if (kind == "prim::unchecked_cast" || kind == "aten::_unwrap_optional" ||
       kind == "prim::unchecked_unwrap_optional") {
     return attrPath(n->input(0), self, depth + 1);
@@ -180,9 +218,21 @@ bool isNoneConstant(torch::jit::Value* v) {
 
 // Normalise with batch statistics and hand the input to observe first. momentum = 0 keeps
 // the calibration copy's running buffers (which other modules may read) unchanged.
+// aten::batch_norm (what nn.BatchNorm*d and F.batch_norm script and trace to) instead takes
+// the batch's moments from bnadapt::batch_moments and runs in eval mode: one statistics pass.
 void observeNode(torch::jit::Graph& graph, torch::jit::Node* bn, const BnOp& op) {
-  const c10::Symbol observe = c10::Symbol::fromQualString("bnadapt::observe");
   torch::jit::WithInsertPoint guard(bn);
+  if (bn->kind() == c10::Symbol::fromQualString("aten::batch_norm")) {
+    torch::jit::Node* moments = graph.insertNode(graph.create(
+        c10::Symbol::fromQualString("bnadapt::batch_moments"),
+        {bn->input(0), bn->input(op.mean), bn->input(op.var)}, 2));
+    for (size_t i = 0; i < 2; ++i) moments->output(i)->setType(c10::TensorType::get());
+    bn->replaceInput(op.mean, moments->output(0));
+    bn->replaceInput(op.var, moments->output(1));
+    bn->replaceInput(op.training, graph.insertConstant(false));
+    return;
+  }
+  const c10::Symbol observe = c10::Symbol::fromQualString("bnadapt::observe");
   torch::jit::Value* seen = graph.insert(observe, {bn->input(0), bn->input(op.mean)});
   bn->replaceInput(0, seen);
   bn->replaceInput(op.momentum, graph.insertConstant(0.0));
@@ -210,13 +260,16 @@ void observeNode(torch::jit::Graph& graph, torch::jit::Node* bn, const BnOp& op)
 // Returns the calls whose statistics are no attribute (a frozen graph's constants).
 size_t rewriteGraph(torch::jit::Graph& graph) {
   const c10::Symbol observe = c10::Symbol::fromQualString("bnadapt::observe");
+  const c10::Symbol moments = c10::Symbol::fromQualString("bnadapt::batch_moments");
   torch::jit::Inline(graph);
   std::vector<torch::jit::Node*> nodes;
   collectBn(graph.block(), nodes);
   size_t unobserved = 0;
   for (torch::jit::Node* bn : nodes) {
     const BnOp& op = *bnOp(bn);
-    if (bn->input(0)->node()->kind() == observe) continue;
+    if (bn->input(0)->node()->kind() == observe || bn->input(op.mean)->node()->kind() == moments) {
+      continue;
+    }
     if (!attrPath(bn->input(op.mean), graph.inputs()[0])) {
       if (!isNoneConstant(bn->input(op.mean))) ++unobserved;
       continue;
@@ -291,11 +344,27 @@ void AdaptableModel::discover() {
       have_dtype = true;
     }
   }
+  // Names, dtypes, shapes and the bytes of small tensors (BN buffers included) whole; of a
+  // tensor over 64 KiB, 256 evenly spaced 64-byte windows and its last 64 bytes: ranks that
+  // loaded different files differ there, and start-up makes no full pass over a large model.
   auto hashAll = [&hash](const auto& named) {
+    constexpr size_t kWhole = 64 * 1024, kWindows = 256, kWindow = 64;
     for (const auto& t : named) {
-      at::Tensor c = t.value.contiguous();
+      const at::Tensor c = t.value.contiguous();
+      const auto type = static_cast<int>(c.scalar_type());
       hash.update(t.name.data(), t.name.size());
-      hash.update(c.data_ptr(), c.numel() * c.element_size());
+      hash.update(&type, sizeof type);
+      hash.update(c.sizes().data(), c.sizes().size() * sizeof(int64_t));
+      const auto* bytes = static_cast<const unsigned char*>(c.data_ptr());
+      const size_t size = static_cast<size_t>(c.numel()) * c.element_size();
+      if (size <= kWhole) {
+        hash.update(bytes, size);
+        continue;
+      }
+      for (size_t w = 0; w < kWindows; ++w) {
+        hash.update(bytes + (size - kWindow) / kWindows * w, kWindow);
+      }
+      hash.update(bytes + size - kWindow, kWindow);
     }
   };
   hashAll(output_.named_parameters(/*recurse=*/true));

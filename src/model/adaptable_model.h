@@ -76,7 +76,8 @@ class AdaptableModel {
   const std::vector<SkippedLayer>& skipped() const { return skipped_; }
 
   // One line per layer (adaptable and skipped) and one with a hash of every parameter and
-  // buffer: identical on ranks that loaded the same model.
+  // buffer (name, dtype, shape; the bytes of tensors up to 64 KiB, 256 sampled 64-byte
+  // windows of larger ones): identical on ranks that loaded the same model.
   std::vector<std::string> describeLayers() const;
 
   // Modules whose graph calls batch normalisation with statistics that are no module's

@@ -33,6 +33,14 @@ struct LayerStats {
   double batches = 0;       // batch observations
 };
 
+// One batch's per-channel mean and biased variance (what training-mode batch norm
+// normalises with), from the float64 sums, in the dtype and on the device of the layer's
+// shift tensor's counterpart (see observe).
+struct BatchMoments {
+  at::Tensor mean;
+  at::Tensor var;
+};
+
 class StatsAccumulator {
  public:
   // shifts[l] holds C_l finite values (non-finite entries are replaced by 0). Inputs passed to
@@ -47,7 +55,11 @@ class StatsAccumulator {
   // x has the wrong channel count or fewer than 2 values per channel (no unbiased batch
   // variance exists), and, on the CPU, when it holds non-finite values (on a GPU that check
   // would cost a synchronisation per batch: see firstNonFiniteLayer).
-  void observe(size_t layer, const at::Tensor& x);
+  // Returns the batch's moments in `dtype` (x's when undefined), so that batch norm can
+  // normalise with them instead of computing them a second time. On the CPU, float32 and
+  // float64 inputs take one fused float64 pass, parallel over channels.
+  BatchMoments observe(size_t layer, const at::Tensor& x,
+                       c10::optional<at::ScalarType> dtype = c10::nullopt);
 
   // The first layer whose sums are not finite, or -1; for sums kept on a GPU.
   int64_t firstNonFiniteLayer();

@@ -79,6 +79,39 @@ TEST(StatsAccumulator, LargeMeanOverSigmaAndConstantChannel) {
   }
 }
 
+TEST(StatsAccumulator, ReturnsTheBatchMomentsBatchNormNormalisesWith) {
+  // observe() hands batch norm the batch's mean and biased variance (what training mode
+  // normalises with), in the requested dtype; mean/sigma = 1e3 must not cost digits.
+  at::manual_seed(5);
+  at::Tensor x = at::randn({6, 3, 5, 7}, at::kDouble) * 0.5 + 1e3;
+  at::Tensor xf = x.to(at::kFloat);
+  StatsAccumulator acc({{0.0, 0.0, 0.0}});
+  BatchMoments m = acc.observe(0, xf, at::kDouble);
+  ASSERT_EQ(m.mean.scalar_type(), at::kDouble);
+  auto [mean, var] = reference(xf);
+  const double n = 6.0 * 35;
+  for (int c = 0; c < 3; ++c) {
+    EXPECT_NEAR(m.mean[c].item<double>(), mean[c].item<double>(), 1e-10);
+    EXPECT_NEAR(m.var[c].item<double>() / (var[c].item<double>() * (n - 1) / n), 1.0, 1e-9);
+  }
+  EXPECT_EQ(acc.observe(0, xf).mean.scalar_type(), at::kFloat);  // default: x's dtype
+}
+
+TEST(StatsAccumulator, LayoutsAndPathsAgree) {
+  // The fused CPU pass (contiguous and channels-last float32) and the float64-copy path
+  // (bfloat16 takes it) give the same sums.
+  at::manual_seed(6);
+  at::Tensor x = (at::randn({4, 5, 6, 3}, at::kFloat) * 3 + 2).to(at::kBFloat16).to(at::kFloat);
+  StatsAccumulator a({{1, 2, 3, 4, 5}}), b({{1, 2, 3, 4, 5}}), c({{1, 2, 3, 4, 5}});
+  a.observe(0, x);
+  b.observe(0, x.contiguous(at::MemoryFormat::ChannelsLast));
+  c.observe(0, x.to(at::kBFloat16));
+  for (size_t i = 0; i < a.buffer().size(); ++i) {
+    EXPECT_NEAR(a.buffer()[i], b.buffer()[i], 1e-9 * (1 + std::abs(a.buffer()[i])));
+    EXPECT_NEAR(a.buffer()[i], c.buffer()[i], 1e-9 * (1 + std::abs(a.buffer()[i])));
+  }
+}
+
 TEST(StatsAccumulator, BufferSumsCombineLikeOneRank) {
   at::manual_seed(4);
   at::Tensor x = at::randn({30, 4}, at::kFloat);
