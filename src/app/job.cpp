@@ -91,7 +91,7 @@ void logSettings(const config::Settings& st, const comm::Communicator& comm, int
 
 }  // namespace
 
-Job::Job(const config::Settings& settings, comm::Communicator& comm)
+Job::Job(const config::Settings& settings, comm::Communicator& comm, Watchdog& watchdog)
     : st_(settings),
       comm_(comm),
       rank_(comm.rank()),
@@ -100,12 +100,7 @@ Job::Job(const config::Settings& settings, comm::Communicator& comm)
       threads_(at::get_num_threads()),  // configureProcess() set them
       data_threads_(settings.data_threads > 0 ? settings.data_threads
                                               : std::max(1, threads_ / 2)),
-      watchdog_(static_cast<double>(settings.timeout_seconds),
-                [this](const std::string& phase, double idle) {
-                  log::error("no progress for ", static_cast<int64_t>(idle), " s during ", phase,
-                             " (--timeout ", st_.timeout_seconds, "); ending the job");
-                  std::_Exit(static_cast<int>(ExitCode::kTimeout));
-                }) {}
+      watchdog_(watchdog) {}
 
 int Job::start() {
   logSettings(st_, comm_, threads_, data_threads_);

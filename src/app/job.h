@@ -50,8 +50,9 @@ namespace bnadapt::app {
 
 class Job {
  public:
-  // Starts the watchdog (--timeout); no collective.
-  Job(const config::Settings& settings, comm::Communicator& comm);
+  // `watchdog` (the process's, running since before MPI started) sees every phase; no
+  // collective.
+  Job(const config::Settings& settings, comm::Communicator& comm, Watchdog& watchdog);
   ~Job();  // aborts the device communicator when shutdown() was not reached
   Job(const Job&) = delete;
   Job& operator=(const Job&) = delete;
@@ -88,7 +89,7 @@ class Job {
   const std::chrono::steady_clock::time_point t_start_;
   const int threads_;       // intra-op, per rank
   const int data_threads_;  // decoding, per rank
-  Watchdog watchdog_;
+  Watchdog& watchdog_;
 
   Placement place_;
   bool bf16_ = false;  // --autocast bf16

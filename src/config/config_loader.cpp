@@ -253,6 +253,25 @@ Settings parseSettings(const std::vector<std::string>& args) {
                                                          std::get<std::string>(config->second))));
 }
 
+int64_t startupTimeout(const std::vector<std::string>& args) {
+  const Option& timeout = *optionByFlag("timeout");
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    std::string value;
+    if (args[i] == "--timeout" && i + 1 < args.size()) {
+      value = args[i + 1];
+    } else if (args[i].starts_with("--timeout=")) {
+      value = args[i].substr(10);
+    } else {
+      continue;
+    }
+    const std::optional<uint64_t> seconds = parseDecimal(value);
+    if (seconds && *seconds >= timeout.min && *seconds <= timeout.max) {
+      return static_cast<int64_t>(*seconds);
+    }
+  }
+  return Settings{}.timeout_seconds;
+}
+
 Settings parseSettingsFromText(const std::string& config_text,
                                const std::vector<std::string>& args) {
   throwIfHelp(args);
