@@ -186,10 +186,13 @@ int Job::checkConsistency() {
   // exception.
   const std::vector<std::string> lines =
       fingerprint(st_, *data_, plan_, eval_data_.get(), eval_plan_, *model_);
+  const auto t_check = std::chrono::steady_clock::now();
   std::string rank0_lines = joinLines(lines);
   comm_.broadcast(rank0_lines, 0);
-  return agreedPhase(comm_, &watchdog_, "the consistency check",
-                     [&] { checkSameAsRankZero(rank_, lines, rank0_lines); });
+  const int code = agreedPhase(comm_, &watchdog_, "the consistency check",
+                               [&] { checkSameAsRankZero(rank_, lines, rank0_lines); });
+  run_.consistency_seconds = secondsSince(t_check);
+  return code;
 }
 
 int Job::connect() {

@@ -126,6 +126,7 @@ nlohmann::json buildReport(const RunSummary& run) {
                        {"sha256", run.checkpoint_sha256}};
   }
   j["timings"] = {{"setup_seconds", run.setup_seconds},
+                  {"consistency_check_seconds", run.consistency_seconds},
                   {"forward_seconds", run.forward_seconds},
                   {"allreduce_seconds", run.allreduce_seconds},
                   {"total_seconds", run.total_seconds}};

@@ -55,6 +55,7 @@ struct RunSummary {
   const std::vector<model::SkippedLayer>* skipped = nullptr;
   std::vector<stats::LayerStats> results;  // per layer, final
   double setup_seconds = 0;
+  double consistency_seconds = 0;  // of the setup: the fingerprint broadcast and agreement
   double forward_seconds = 0;  // wall time of the forward phase on rank 0's clock
   double allreduce_seconds = 0;
   double total_seconds = 0;

@@ -181,6 +181,7 @@ include(${CMAKE_CURRENT_LIST_DIR}/data_tests.cmake)
 include(${CMAKE_CURRENT_LIST_DIR}/reliability_tests.cmake)
 include(${CMAKE_CURRENT_LIST_DIR}/device_tests.cmake)
 include(${CMAKE_CURRENT_LIST_DIR}/zoo_tests.cmake)
+include(${CMAKE_CURRENT_LIST_DIR}/scale_tests.cmake)
 
 # A LibTorch 1.x build given a model that PyTorch 2.x saved with an operator 1.x lacks: exit 4,
 # both versions named, what to do. Needs a torch 2.x Python to write it (BNADAPT_NEWER_PYTHON,
