@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 
 #include "app/agreement.h"
+#include "app/checkpoint_weights.h"
 #include "app/evaluation.h"
 #include "app/fault_injection.h"
 #include "app/fingerprint.h"
@@ -50,15 +51,18 @@ data::DataOptions dataOptions(const config::Settings& st, const std::string& for
   return o;
 }
 
-// The BN buffers a checkpoint of this model must hold: every path of every adapted layer.
-std::vector<checkpoint::ExpectedBuffer> expectedBuffers(const model::AdaptableModel& model) {
-  std::vector<checkpoint::ExpectedBuffer> out;
-  for (size_t i = 0; i < model.layers().size(); ++i) {
-    for (const auto& [name, tensor] : model.buffers(i)) {
-      out.push_back({name, tensor.sizes().vec(), !checkpoint::isBatchCounter(name)});
-    }
-  }
-  return out;
+report::WeightsSource weightsSource(const checkpoint::ModelWeights& w) {
+  return {"checkpoint", w.file, w.where.dict_path, w.where.prefix,
+          static_cast<int64_t>(w.tensors), w.sha256};
+}
+
+// The log's and the consistency check's line on where the weights came from.
+std::string describeWeights(const report::WeightsSource& w) {
+  if (w.from != "checkpoint") return "weights: the model file's";
+  return "weights: every parameter and buffer from checkpoint '" + w.file + "' (" +
+         (w.dict.empty() ? std::string("root dict") : "dict '" + w.dict + "'") +
+         ", key prefix '" + w.prefix + "'), " + std::to_string(w.tensors) +
+         " tensor(s), sha256 " + w.sha256 + "; the model file gives the architecture";
 }
 
 void logSettings(const config::Settings& st, const comm::Communicator& comm, int threads,
@@ -137,12 +141,11 @@ int Job::load() {
 void Job::openInputs() {
   maybeInjectFault("setup", rank_);
   if (rank_ == 0) checkOutputPaths(st_);
-  model_ = std::make_unique<model::AdaptableModel>(st_.model_path);
+  CheckpointWeights weights(st_, rank_);  // matched and checked now, patched at the end
+  model_ = std::make_unique<model::AdaptableModel>(st_.model_path, weights.prepare());
   model_->moveTo(place_.torch_device, st_.channels_last);
-  if (rank_ == 0 && !st_.checkpoint_path.empty()) {  // checked now, patched at the end
-    ckpt_ = checkpoint::openCheckpoint(st_.checkpoint_path);
-    ckpt_->plan(expectedBuffers(*model_), st_.checkpoint_key);
-  }
+  if (rank_ == 0) ckpt_ = weights.takeCheckpoint();
+  if (const checkpoint::ModelWeights* w = weights.loaded()) run_.weights = weightsSource(*w);
   data_ = data::openDataset(
       st_.data_path,
       dataOptions(st_, st_.data_format, data::roundBudget(st_.samples, st_.batch_size)));
@@ -164,6 +167,11 @@ void Job::logInputs() const {
   log::info0("data: ", data_->describe());
   if (eval_data_) log::info0("eval data: ", eval_data_->describe());
   if (ckpt_) log::info0("checkpoint: ", ckpt_->describe());
+  if (!st_.checkpoint_path.empty()) {
+    log::info0(st_.weights_from == config::WeightsFrom::kModel
+                   ? "weights: the model file's, equal to the checkpoint's (--weights-from model)"
+                   : describeWeights(run_.weights));
+  }
   log::info0(model_->layers().size(), " BN layer(s) to adapt, ", model_->skipped().size(),
              " left alone; ", plan_.num_batches, " global batch(es) of ", plan_.batch_size,
              " from ", plan_.used, " sample(s)");
@@ -185,8 +193,9 @@ void Job::logInputs() const {
 int Job::checkConsistency() {
   // The broadcast stays outside the phase body: a collective must never be skipped by an
   // exception.
-  const std::vector<std::string> lines =
+  std::vector<std::string> lines =
       fingerprint(st_, *data_, plan_, eval_data_.get(), eval_plan_, *model_);
+  lines.push_back(describeWeights(run_.weights));  // what each rank read
   std::string rank0_lines = joinLines(lines);
   comm_.broadcast(rank0_lines, 0);
   return agreedPhase(comm_, &watchdog_, "the consistency check",

@@ -433,6 +433,7 @@ const std::vector<Option>& options() {
       {"checkpoint-key", "checkpoint_key", Type::kText, 0, 0,
        "a string such as \"model\" or \"model:module.\""},
       {"in-place", "in_place", Type::kBool},
+      {"weights-from", "weights_from", Type::kChoice, 0, 0, "", {"checkpoint", "model"}},
       {"overwrite", "overwrite", Type::kBool},
       {"device", "device", Type::kChoice, 0, 0, "", {"auto", "cpu", "cuda"}},
       {"backend", "backend", Type::kChoice, 0, 0, "", {"auto", "nccl", "mpi"}},
@@ -974,6 +975,10 @@ Options (each also as --name=VALUE; options override the config file):
   --checkpoint-key K   which state_dict in the checkpoint: "model" or "model:module."
                        (dict path, then key prefix)                (bnadapt_dist.checkpoint_key)
   --in-place           allow --checkpoint-output to equal --checkpoint (still atomic)
+  --weights-from W     with --checkpoint: checkpoint (default: every parameter and buffer
+                       from its state_dict, the model file gives the architecture) or model
+                       (the model's own, refused unless equal to the checkpoint's)
+                                                                (bnadapt_dist.weights_from)
   --overwrite          replace outputs that exist already (otherwise an error, exit 6)
   --timeout SECONDS    end the job (exit 8) when a rank makes no progress for this long,
                        default 900, 0 = never                      (bnadapt_dist.timeout)
@@ -1054,6 +1059,9 @@ Settings settingsFrom(const Values& flags, const std::optional<std::string>& con
   s.checkpoint_output_path = text("checkpoint_output");
   s.checkpoint_key = text("checkpoint_key");
   s.in_place = flag("in_place");
+  s.weights_from = pick<std::string>(flags, sec, "weights_from", "checkpoint") == "model"
+                       ? WeightsFrom::kModel
+                       : WeightsFrom::kCheckpoint;
   s.overwrite = flag("overwrite");
   s.timeout_seconds = static_cast<int64_t>(number("timeout", 900));
   // Options that need each other. A message starts with the option that is set: "--flag"
@@ -1073,6 +1081,8 @@ Settings settingsFrom(const Values& flags, const std::optional<std::string>& con
                       " (where the patched copy goes)");
   BNA_CHECK(!s.in_place || !s.checkpoint_path.empty(), ExitCode::kUsage, named("in_place"),
             " applies to ", missing("checkpoint", ""), ", which is not given");
+  BNA_CHECK(!given(flags, sec, "weights_from") || !s.checkpoint_path.empty(), ExitCode::kUsage,
+            named("weights_from"), " applies to ", missing("checkpoint", ""), ", which is not given");
   BNA_CHECK(s.eval || (s.eval_data_path.empty() && s.eval_samples == 0), ExitCode::kUsage,
             named(s.eval_data_path.empty() ? "eval_samples" : "eval_data"), " applies to ",
             missing("eval", ""), ", which is not given");

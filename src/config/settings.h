@@ -13,6 +13,12 @@ namespace bnadapt::config {
 using stats::Weighting;
 using stats::weightingName;
 
+// Where the weights come from when a checkpoint is given (--weights-from).
+enum class WeightsFrom {
+  kCheckpoint,  // the checkpoint's state_dict; the model file supplies the architecture
+  kModel,       // the model file's, which must equal the checkpoint's
+};
+
 struct Settings {
   // Inputs.
   std::string model_path;   // --model / bnadapt_dist.model
@@ -65,6 +71,7 @@ struct Settings {
   std::string checkpoint_output_path;  // --checkpoint-output
   std::string checkpoint_key;          // --checkpoint-key
   bool in_place = false;               // --in-place
+  WeightsFrom weights_from = WeightsFrom::kCheckpoint;  // --weights-from checkpoint|model
   bool overwrite = false;              // --overwrite: outputs may replace existing files
 
   // From NNCF's compression section: algorithm names, in order ("quantization", ...).

@@ -115,8 +115,12 @@ const std::regex kBnName("^BatchNorm[123]d$");
 
 }  // namespace
 
-AdaptableModel::AdaptableModel(const std::string& path)
+AdaptableModel::AdaptableModel(const std::string& path, const Prepare& prepare)
     : path_(path), calib_(loadModule(path)), output_(loadModule(path)) {
+  if (prepare) {
+    prepare(output_);
+    prepare(calib_);
+  }
   calib_.eval();
   discover();
 }

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -42,9 +43,14 @@ struct SkippedLayer {
 
 class AdaptableModel {
  public:
-  // Loads `path` twice and prepares the calibration copy. Errors are kModel and name the
-  // file or layer. A model without any adaptable BN layer is an error.
-  explicit AdaptableModel(const std::string& path);
+  // Called on each freshly loaded copy (the output copy first) before anything is derived
+  // from its tensors: it may overwrite parameters and buffers in place (checkpoint weights).
+  using Prepare = std::function<void(torch::jit::Module&)>;
+
+  // Loads `path` twice, applies `prepare` (if any) to both copies and prepares the
+  // calibration copy. Errors are kModel and name the file or layer (errors of `prepare`
+  // pass through). A model without any adaptable BN layer is an error.
+  explicit AdaptableModel(const std::string& path, const Prepare& prepare = nullptr);
   ~AdaptableModel();
   AdaptableModel(const AdaptableModel&) = delete;
   AdaptableModel& operator=(const AdaptableModel&) = delete;

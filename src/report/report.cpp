@@ -110,6 +110,15 @@ nlohmann::json buildReport(const RunSummary& run) {
     skipped.push_back({{"name", s.name}, {"kind", s.kind}, {"reason", s.reason}});
   }
   j["skipped_layers"] = skipped;
+  nlohmann::json& weights = j["weights"];
+  weights["from"] = run.weights.from;
+  if (run.weights.from == "checkpoint") {
+    weights["file"] = run.weights.file;
+    weights["dict"] = run.weights.dict;
+    weights["prefix"] = run.weights.prefix;
+    weights["tensors"] = run.weights.tensors;
+    weights["sha256"] = run.weights.sha256;
+  }
   if (!run.checkpoint_description.empty()) {
     j["checkpoint"] = {{"input", st.checkpoint_path},
                        {"output", st.checkpoint_output_path},
