@@ -2,10 +2,11 @@
 
 namespace bnadapt::app {
 
-CheckpointWeights::CheckpointWeights(const config::Settings& st, int rank) : st_(st) {
+CheckpointWeights::CheckpointWeights(const config::Settings& st, int rank, int local_size)
+    : st_(st), readers_(st.weights_from == config::WeightsFrom::kCheckpoint ? local_size : 1) {
   if (st.checkpoint_path.empty()) return;
   if (rank == 0 || st.weights_from == config::WeightsFrom::kCheckpoint) {
-    ckpt_ = checkpoint::openCheckpoint(st.checkpoint_path);
+    ckpt_ = checkpoint::openCheckpoint(st.checkpoint_path, readers_);
   }
 }
 
@@ -23,7 +24,7 @@ void CheckpointWeights::readFor(const torch::jit::Module& module) {
   const std::vector<checkpoint::ExpectedBuffer> bn = checkpoint::bnBuffersOf(module);
   if (bn.empty()) return;  // no BN layer: the model's own error follows
   ckpt_->plan(bn, st_.checkpoint_key);
-  weights_ = checkpoint::checkWeights(module, ckpt_->readStateDict(), ckpt_->path(),
+  weights_ = checkpoint::checkWeights(module, ckpt_->readStateDict(readers_), ckpt_->path(),
                                       ckpt_->match());
   if (st_.weights_from == config::WeightsFrom::kModel) {
     checkpoint::requireSameWeights(module, *weights_);

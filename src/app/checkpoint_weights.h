@@ -21,7 +21,8 @@ namespace bnadapt::app {
 
 class CheckpointWeights {
  public:
-  CheckpointWeights(const config::Settings& st, int rank);
+  // `local_size`: the ranks on this host (with --weights-from checkpoint they all read it).
+  CheckpointWeights(const config::Settings& st, int rank, int local_size);
 
   // For model::AdaptableModel: null when this rank does not read a checkpoint. The first
   // copy it sees is matched (Checkpoint::plan on the module's BN buffers), read and checked.
@@ -37,6 +38,7 @@ class CheckpointWeights {
   void readFor(const torch::jit::Module& module);
 
   const config::Settings& st_;
+  int readers_ = 1;  // ranks of this host reading the checkpoint at the same time
   std::unique_ptr<checkpoint::Checkpoint> ckpt_;
   std::optional<checkpoint::ModelWeights> weights_;
 };

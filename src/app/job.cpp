@@ -141,7 +141,7 @@ int Job::load() {
 void Job::openInputs() {
   maybeInjectFault("setup", rank_);
   if (rank_ == 0) checkOutputPaths(st_);
-  CheckpointWeights weights(st_, rank_);  // matched and checked now, patched at the end
+  CheckpointWeights weights(st_, rank_, comm_.localSize());  // matched and checked now, patched at the end
   model_ = std::make_unique<model::AdaptableModel>(st_.model_path, weights.prepare());
   model_->moveTo(place_.torch_device, st_.channels_last);
   if (rank_ == 0) ckpt_ = weights.takeCheckpoint();

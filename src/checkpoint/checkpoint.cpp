@@ -113,9 +113,9 @@ class SafetensorsCheckpoint final : public Checkpoint {
 
 }  // namespace
 
-io::NamedTensors Checkpoint::readStateDict() const {
+io::NamedTensors Checkpoint::readStateDict(int readers) const {
   const uint64_t bytes = stateDictBytes();
-  checkMemoryFor(bytes, path());
+  checkMemoryFor(bytes, path(), readers);
   try {
     return readTensors();
   } catch (const std::bad_alloc&) {
@@ -125,7 +125,7 @@ io::NamedTensors Checkpoint::readStateDict() const {
   }
 }
 
-std::unique_ptr<Checkpoint> openCheckpoint(const std::string& path) {
+std::unique_ptr<Checkpoint> openCheckpoint(const std::string& path, int readers) {
   const std::string head = io::readHead(path, 512, "checkpoint", ExitCode::kCheckpoint);
   auto startsWith = [&](std::string_view magic) {
     return head.size() >= magic.size() && std::string_view(head.data(), magic.size()) == magic;
@@ -134,7 +134,7 @@ std::unique_ptr<Checkpoint> openCheckpoint(const std::string& path) {
   if (path.ends_with(".safetensors") || (head.size() > 8 && head[8] == '{')) {
     std::error_code error;  // read whole, then parsed: a file larger than memory is refused
     const uintmax_t size = std::filesystem::file_size(path, error);
-    if (!error) checkMemoryFor(size, path);
+    if (!error) checkMemoryFor(size, path, readers);
     return std::make_unique<SafetensorsCheckpoint>(
         path, io::readFile(path, "checkpoint", ExitCode::kCheckpoint));
   }

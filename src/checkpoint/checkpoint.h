@@ -42,7 +42,8 @@ class Checkpoint {
   // it (the key without the prefix), as stored (dtype, shape), contiguous, on the CPU. Reads
   // their bytes now. Errors (kCheckpoint) name the key: a dtype the tool cannot read, a view
   // beyond its storage; a rank without the memory for them is told how much they need.
-  io::NamedTensors readStateDict() const;
+  // `readers`: the ranks of this host that read it at the same time (they share its memory).
+  io::NamedTensors readStateDict(int readers = 1) const;
 
  private:
   // readStateDict's parts: the bytes those tensors take, and the reading itself.
@@ -50,7 +51,8 @@ class Checkpoint {
   virtual io::NamedTensors readTensors() const = 0;
 };
 
-// Opens `path` by its content. Errors are kCheckpoint and name the file.
-std::unique_ptr<Checkpoint> openCheckpoint(const std::string& path);
+// Opens `path` by its content. Errors are kCheckpoint and name the file. `readers`: the ranks
+// of this host that open it at the same time (a safetensors file is read whole).
+std::unique_ptr<Checkpoint> openCheckpoint(const std::string& path, int readers = 1);
 
 }  // namespace bnadapt::checkpoint

@@ -203,17 +203,21 @@ std::string weightsSha256(const io::NamedTensors& tensors) {
   return sha.hexDigest();
 }
 
-void checkMemoryFor(uint64_t bytes, const std::string& file) {
+void checkMemoryFor(uint64_t bytes, const std::string& file, int readers) {
   // The storage records are read, then each tensor copied out of them: about twice the bytes.
   const uint64_t needed = 2 * bytes;
+  const uint64_t host = readers > 1 ? needed * static_cast<uint64_t>(readers) : needed;
   const uint64_t available = readMemAvailable();
   const uint64_t address_space = addressSpaceLeft();
-  BNA_CHECK(needed <= available && needed <= address_space, ExitCode::kCheckpoint,
-            "checkpoint '", file, "': reading the state_dict's tensors (", mib(bytes),
-            ") needs about ", mib(needed), " on this rank, but only ",
-            mib(std::min(available, address_space)), " are available (",
-            available <= address_space ? "MemAvailable" : "the address-space limit, ulimit -v",
-            ")");
+  if (host <= available && needed <= address_space) return;
+  const bool by_host = host > available;
+  fail(ExitCode::kCheckpoint, "checkpoint '", file, "': reading the state_dict's tensors (",
+       mib(bytes), ") needs about ", mib(needed), " on this rank",
+       readers > 1 ? ", " + mib(host) + " for the " + std::to_string(readers) +
+                         " ranks of this host that read it"
+                   : std::string(),
+       ", but only ", mib(by_host ? available : address_space), " are available (",
+       by_host ? "MemAvailable" : "the address-space limit, ulimit -v", ")");
 }
 
 void failAllocation(uint64_t bytes, const std::string& file) {

@@ -55,8 +55,9 @@ void requireSameWeights(const torch::jit::Module& module, const ModelWeights& we
 std::string weightsSha256(const io::NamedTensors& tensors);
 
 // Before reading `bytes` of tensors from `file`: refuses (kCheckpoint) when this process
-// cannot get that much memory (MemAvailable, the address-space limit), saying what it needs.
-void checkMemoryFor(uint64_t bytes, const std::string& file);
+// cannot get that much memory, saying what it needs: against MemAvailable shared by the
+// `readers` ranks of this host that read it at the same time, and the address-space limit.
+void checkMemoryFor(uint64_t bytes, const std::string& file, int readers = 1);
 // A failed allocation while reading them: kCheckpoint saying what they need.
 [[noreturn]] void failAllocation(uint64_t bytes, const std::string& file);
 

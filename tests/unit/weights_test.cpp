@@ -125,7 +125,10 @@ TEST(Weights, SaysWhatARankWouldNeed) {
   EXPECT_ERROR(checkMemoryFor(uint64_t{1} << 60, "huge.pt"), ExitCode::kCheckpoint,
                "reading the state_dict's tensors (1099511627776 MiB) needs about 2199023255552 MiB "
                "on this rank, but only ");
-  checkMemoryFor(1 << 20, "small.pt");
+  EXPECT_ERROR(checkMemoryFor(uint64_t{1} << 50, "big.pt", 4096), ExitCode::kCheckpoint,
+               "needs about 2147483648 MiB on this rank, 8796093022208 MiB for the 4096 ranks "
+               "of this host that read it, but only ");
+  checkMemoryFor(1 << 20, "small.pt", 8);
 }
 
 TEST(Weights, ReadsTheMatchedStateDictOfATorchSaveFile) {
