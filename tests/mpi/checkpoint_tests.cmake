@@ -91,15 +91,23 @@ bna_checkpoint_failure(not_a_checkpoint 7 "neither a torch.save zip archive nor 
 # carry those weights (check_outputs.py compares its state_dict with the reference model's),
 # and the patched checkpoint changes only the chosen dict's BN buffers (check_checkpoint.py:
 # every other entry, the other dict included, bitwise equal).
-# bna_weights_case(name ckpt out-extension reference-model [TOOL args...] [CHECK args...])
+# bna_weights_case(name ckpt out-extension reference-model [TOOL args...] [CHECK args...]
+#                  [KIND k ARCH model.pt DATA d.pt SAMPLES s BATCH b]): mlp by default
 function(bna_weights_case name ckpt ext ref)
-  cmake_parse_arguments(ARG "" "" "TOOL;CHECK" ${ARGN})
+  cmake_parse_arguments(ARG "" "KIND;ARCH;DATA;SAMPLES;BATCH" "TOOL;CHECK" ${ARGN})
+  if(NOT ARG_KIND)
+    set(ARG_KIND mlp)
+    set(ARG_ARCH mlp_scripted.pt)
+    set(ARG_DATA data_vec48.pt)
+    set(ARG_SAMPLES 40)
+    set(ARG_BATCH 8)
+  endif()
   set(dirs)
   foreach(np 1 2 3)
     set(dir ${BNA_RUNS}/w12_${name}_np${np})
     list(APPEND dirs ${dir})
-    bna_mpi_command(cmd ${np} --model ${BNA_FIX}/mlp_scripted.pt --data ${BNA_FIX}/data_vec48.pt
-                    --samples 40 --batch-size 8 --output ${dir}/out.pt
+    bna_mpi_command(cmd ${np} --model ${BNA_FIX}/${ARG_ARCH} --data ${BNA_FIX}/${ARG_DATA}
+                    --samples ${ARG_SAMPLES} --batch-size ${ARG_BATCH} --output ${dir}/out.pt
                     --stats-output ${dir}/stats.pt --report ${dir}/report.json
                     --checkpoint ${BNA_FIX}/${ckpt} --checkpoint-output ${dir}/ckpt${ext}
                     ${ARG_TOOL})
@@ -118,8 +126,9 @@ function(bna_weights_case name ckpt ext ref)
   endforeach()
   add_test(NAME check_w12_${name}
            COMMAND ${BNADAPT_PYTHON} ${BNA_SRC_TESTS}/reference/check_outputs.py
-                   --kind mlp --model ${BNA_FIX}/${ref} --data ${BNA_FIX}/data_vec48.pt
-                   --samples 40 --batch-size 8 --weighting samples --runs ${dirs})
+                   --kind ${ARG_KIND} --model ${BNA_FIX}/${ref} --data ${BNA_FIX}/${ARG_DATA}
+                   --samples ${ARG_SAMPLES} --batch-size ${ARG_BATCH} --weighting samples
+                   --runs ${dirs})
   set_tests_properties(check_w12_${name} PROPERTIES
                        FIXTURES_REQUIRED "bna_ckpt_fixtures;bna_w12_${name}" TIMEOUT 300
                        LABELS checkpoint)
@@ -137,6 +146,8 @@ bna_weights_case(torchvision_ema ckpt12_torchvision.pth .pt ${BNA_W12_EMA}
                  TOOL --checkpoint-key model_ema CHECK --key model_ema --prefix module.)
 bna_weights_case(detectron2 ckpt12_detectron2.pth .pt ${BNA_W12})
 bna_weights_case(safetensors ckpt12_mlp.safetensors .safetensors ${BNA_W12})
+bna_weights_case(resnet_ddp ckpt12_resnet_ddp.pt .pt resnet_epoch12_scripted.pt
+                 KIND resnet ARCH resnet_scripted.pt DATA data_img32.pt SAMPLES 48 BATCH 16)
 
 # --weights-from model with the checkpoint the model was exported from: accepted.
 bna_checkpoint_case(weights_from_model 2 ${BNA_MLP} ckpt_nested.pt out.pt
