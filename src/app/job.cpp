@@ -52,8 +52,8 @@ data::DataOptions dataOptions(const config::Settings& st, const std::string& for
 }
 
 report::WeightsSource weightsSource(const checkpoint::ModelWeights& w) {
-  return {"checkpoint", w.file, w.where.dict_path, w.where.prefix,
-          static_cast<int64_t>(w.tensors), w.sha256};
+  return {"checkpoint",          w.file,   w.where.dict_path, w.where.prefix,
+          static_cast<int64_t>(w.tensors), w.sha256, w.kept_from_model};
 }
 
 // The log's and the consistency check's line on where the weights came from.
@@ -171,6 +171,13 @@ void Job::logInputs() const {
     log::info0(st_.weights_from == config::WeightsFrom::kModel
                    ? "weights: the model file's, equal to the checkpoint's (--weights-from model)"
                    : describeWeights(run_.weights));
+  }
+  if (!run_.weights.kept_from_model.empty()) {
+    std::string names;
+    for (const auto& n : run_.weights.kept_from_model) names += (names.empty() ? "'" : ", '") + n + "'";
+    log::warn0(run_.weights.kept_from_model.size(), " buffer(s) the checkpoint lacks keep the ",
+               "model file's values (non-persistent buffers, which TorchScript keeps and ",
+               "state_dicts leave out): ", names);
   }
   log::info0(model_->layers().size(), " BN layer(s) to adapt, ", model_->skipped().size(),
              " left alone; ", plan_.num_batches, " global batch(es) of ", plan_.batch_size,

@@ -54,9 +54,11 @@ std::string placeOf(const ModelWeights& w) {
          ", key prefix '" + w.where.prefix + "')";
 }
 
-// The model names the dict lacks (tolerated counters counted apart) and its keys the model lacks.
-void checkKeySets(const io::NamedTensors& model, const std::map<std::string, at::Tensor>& stored,
-                  ModelWeights& w) {
+// The model names the dict lacks (the tolerated ones noted in `w`) and its keys the model lacks.
+void checkKeySets(const torch::jit::Module& module, const io::NamedTensors& model,
+                  const std::map<std::string, at::Tensor>& stored, ModelWeights& w) {
+  std::set<std::string> parameters;
+  for (const auto& p : module.named_parameters(/*recurse=*/true)) parameters.insert(p.name);
   std::vector<std::string> missing, unexpected;
   std::set<std::string> names;
   for (const auto& [name, t] : model) {
@@ -64,6 +66,8 @@ void checkKeySets(const io::NamedTensors& model, const std::map<std::string, at:
     if (stored.count(name)) continue;
     if (isBatchCounter(name)) {
       ++w.tolerated_missing;
+    } else if (!parameters.count(name) && !isStatistic(name)) {
+      w.kept_from_model.push_back(name);  // a non-persistent buffer, as far as anyone can tell
     } else {
       missing.push_back(w.where.prefix + name);
     }
@@ -137,7 +141,7 @@ ModelWeights checkWeights(const torch::jit::Module& module, const io::NamedTenso
   std::map<std::string, at::Tensor> stored;
   for (const auto& [name, t] : dict) stored[name] = t;  // a key set twice: its last value
   const io::NamedTensors model = modelTensors(module);
-  checkKeySets(model, stored, w);
+  checkKeySets(module, model, stored, w);
   for (const auto& [name, t] : model) {
     auto it = stored.find(name);
     if (it == stored.end()) continue;  // a tolerated counter

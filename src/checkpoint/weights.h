@@ -3,10 +3,12 @@
 //
 // The TorchScript file supplies the architecture; the matched state_dict supplies every
 // parameter and buffer. Keys are compared both ways (model names against the dict's keys
-// under the matched prefix): a key either side lacks is an error naming it, except the one
-// tolerated gap, a model's num_batches_tracked that the dict lacks (checkpoints of PyTorch
-// < 0.4.1; the model keeps its own count). Shapes must be equal; values are converted to the
-// model's dtype, refusing a finite value the model's dtype cannot hold.
+// under the matched prefix): a key either side lacks is an error naming it, except two
+// tolerated gaps where the model keeps its own values: a num_batches_tracked the dict lacks
+// (checkpoints of PyTorch < 0.4.1), and a buffer other than BN statistics that the dict
+// lacks (TorchScript keeps non-persistent buffers, register_buffer(..., persistent=False),
+// as ordinary ones, and state_dicts never hold them). Shapes must be equal; values are
+// converted to the model's dtype, refusing a finite value the model's dtype cannot hold.
 #pragma once
 
 #include <cstdint>
@@ -28,6 +30,7 @@ struct ModelWeights {
   std::string sha256;     // of the stored tensors (see weightsSha256)
   size_t tensors = 0;            // loaded into the model
   size_t tolerated_missing = 0;  // num_batches_tracked the dict lacks
+  std::vector<std::string> kept_from_model;  // other buffers the dict lacks (non-persistent)
   // "checkpoint 'f.pt', dict 'model', prefix 'module.', 161 tensors, sha256 ab12..."
   std::string describe() const;
 };

@@ -118,6 +118,7 @@ nlohmann::json buildReport(const RunSummary& run) {
     weights["prefix"] = run.weights.prefix;
     weights["tensors"] = run.weights.tensors;
     weights["sha256"] = run.weights.sha256;
+    weights["kept_from_model"] = run.weights.kept_from_model;
   }
   if (!run.checkpoint_description.empty()) {
     j["checkpoint"] = {{"input", st.checkpoint_path},

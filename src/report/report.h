@@ -42,6 +42,7 @@ struct WeightsSource {
   std::string prefix;          // key prefix
   int64_t tensors = 0;
   std::string sha256;          // of the checkpoint's tensors as stored
+  std::vector<std::string> kept_from_model;  // buffers the dict lacks (non-persistent ones)
 };
 
 struct RunSummary {

@@ -87,6 +87,15 @@ TEST(Weights, AMissingBatchCounterIsTolerated) {
   EXPECT_EQ(w.tolerated_missing, 1u);
 }
 
+TEST(Weights, ABufferTheDictLacksKeepsTheModelsValue) {
+  torch::jit::Module m = model();
+  m.register_buffer("index", at::arange(3));  // persistent=False in Python: not in state_dicts
+  const ModelWeights w = checkWeights(m, epoch12(), "ck.pt", kWhere);
+  EXPECT_EQ(w.kept_from_model, std::vector<std::string>{"index"});
+  EXPECT_ERROR(checkWeights(m, without(epoch12(), "bn.running_var"), "ck.pt", kWhere),
+               ExitCode::kCheckpoint, "missing: 'module.bn.running_var'");
+}
+
 TEST(Weights, ShapeAndOverflowAreNamed) {
   io::NamedTensors d = epoch12();
   d[0].second = at::zeros({5, 4});
