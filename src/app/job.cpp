@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 
 #include "app/agreement.h"
+#include "app/checkpoint_weights.h"
 #include "app/evaluation.h"
 #include "app/fault_injection.h"
 #include "app/fingerprint.h"
@@ -50,15 +51,18 @@ data::DataOptions dataOptions(const config::Settings& st, data::DataFormat forma
   return o;
 }
 
-// The BN buffers a checkpoint of this model must hold: every path of every adapted layer.
-std::vector<checkpoint::ExpectedBuffer> expectedBuffers(const model::AdaptableModel& model) {
-  std::vector<checkpoint::ExpectedBuffer> out;
-  for (size_t i = 0; i < model.layers().size(); ++i) {
-    for (const auto& [name, tensor] : model.buffers(i)) {
-      out.push_back({name, tensor.sizes().vec(), !checkpoint::isBatchCounter(name)});
-    }
-  }
-  return out;
+report::WeightsSource weightsSource(const checkpoint::ModelWeights& w) {
+  return {"checkpoint",          w.file,   w.where.dict_path, w.where.prefix,
+          static_cast<int64_t>(w.tensors), w.sha256, w.kept_from_model};
+}
+
+// The log's and the consistency check's line on where the weights came from.
+std::string describeWeights(const report::WeightsSource& w) {
+  if (w.from != "checkpoint") return "weights: the model file's";
+  return "weights: every parameter and buffer from checkpoint '" + w.file + "' (" +
+         (w.dict.empty() ? std::string("root dict") : "dict '" + w.dict + "'") +
+         ", key prefix '" + w.prefix + "'), " + std::to_string(w.tensors) +
+         " tensor(s), sha256 " + w.sha256 + "; the model file gives the architecture";
 }
 
 void logSettings(const config::Settings& st, const comm::Communicator& comm, int threads,
@@ -131,12 +135,11 @@ int Job::load() {
 void Job::openInputs() {
   maybeInjectFault("setup", rank_);
   if (rank_ == 0) checkOutputPaths(st_);
-  model_ = std::make_unique<model::AdaptableModel>(st_.model_path);
+  CheckpointWeights weights(st_, rank_, comm_.localSize());  // matched and checked now, patched at the end
+  model_ = std::make_unique<model::AdaptableModel>(st_.model_path, weights.prepare());
   model_->moveTo(place_.torch_device, st_.channels_last);
-  if (rank_ == 0 && !st_.checkpoint_path.empty()) {  // checked now, patched at the end
-    ckpt_ = checkpoint::openCheckpoint(st_.checkpoint_path);
-    ckpt_->plan(expectedBuffers(*model_), st_.checkpoint_key);
-  }
+  if (rank_ == 0) ckpt_ = weights.takeCheckpoint();
+  if (const checkpoint::ModelWeights* w = weights.loaded()) run_.weights = weightsSource(*w);
   data_ = data::openDataset(
       st_.data_path,
       dataOptions(st_, st_.data_format, data::roundBudget(st_.samples, st_.batch_size)));
@@ -158,6 +161,18 @@ void Job::logInputs() const {
   log::info0("data: ", data_->describe());
   if (eval_data_) log::info0("eval data: ", eval_data_->describe());
   if (ckpt_) log::info0("checkpoint: ", ckpt_->describe());
+  if (!st_.checkpoint_path.empty()) {
+    log::info0(st_.weights_from == config::WeightsFrom::kModel
+                   ? "weights: the model file's, equal to the checkpoint's (--weights-from model)"
+                   : describeWeights(run_.weights));
+  }
+  if (!run_.weights.kept_from_model.empty()) {
+    std::string names;
+    for (const auto& n : run_.weights.kept_from_model) names += (names.empty() ? "'" : ", '") + n + "'";
+    log::warn0(run_.weights.kept_from_model.size(), " buffer(s) the checkpoint lacks keep the ",
+               "model file's values (non-persistent buffers, which TorchScript keeps and ",
+               "state_dicts leave out): ", names);
+  }
   const std::string by_reason = model::countByCategory(model_->skipped());
   log::info0(model_->layers().size(), " BN layer(s) to adapt, ", model_->skipped().size(),
              " left alone", by_reason.empty() ? "" : " (" + by_reason + ")", "; ",
@@ -184,9 +199,10 @@ void Job::logInputs() const {
 int Job::checkConsistency() {
   // The broadcast stays outside the phase body: a collective must never be skipped by an
   // exception.
-  const std::vector<std::string> lines =
+  std::vector<std::string> lines =
       fingerprint(st_, *data_, plan_, eval_data_.get(), eval_plan_, *model_);
   const auto t_check = std::chrono::steady_clock::now();
+  lines.push_back(describeWeights(run_.weights));  // what each rank read
   std::string rank0_lines = joinLines(lines);
   comm_.broadcast(rank0_lines, 0);
   const int code = agreedPhase(comm_, &watchdog_, "the consistency check",

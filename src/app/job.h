@@ -2,7 +2,7 @@
 //
 //   start              the settings in the log
 //   place              device and backend, autocast (this thread's), the loader's options
-//   load               setup: model (two copies), checkpoint (rank 0), data, batch plans
+//   load               setup: model (two copies; with --checkpoint, the checkpoint's weights), data, plans
 //   checkConsistency   every rank has rank 0's settings, model and data (before data moves)
 //   connect            the device communicator for the statistics (NCCL), if any
 //   evaluateBefore     --eval: top-1 before adaptation

@@ -195,6 +195,9 @@ void checkCombinations(const Settings& s, const Values& flags, const Values& sec
                       " (where the patched copy goes)");
   BNA_CHECK(!s.in_place || !s.checkpoint_path.empty(), ExitCode::kUsage, named("in_place"),
             " applies to ", missing("checkpoint", ""), ", which is not given");
+  BNA_CHECK(!given(flags, sec, "weights_from") || !s.checkpoint_path.empty(), ExitCode::kUsage,
+            named("weights_from"), " applies to ", missing("checkpoint", ""),
+            ", which is not given");
   BNA_CHECK(s.eval || (s.eval_data_path.empty() && s.eval_samples == 0), ExitCode::kUsage,
             named(s.eval_data_path.empty() ? "eval_samples" : "eval_data"), " applies to ",
             missing("eval", ""), ", which is not given");

@@ -93,6 +93,7 @@ Option choice(const char* flag, const char* metavar, E Settings::*member,
 const char* formatName(data::DataFormat f) { return data::dataFormatName(f); }
 const char* weightName(stats::Weighting w) { return stats::weightingName(w); }
 const char* precisionText(Precision p) { return precisionName(p); }
+const char* weightsText(WeightsFrom w) { return weightsFromName(w); }
 
 std::vector<Option> buildTable() {
   using data::DataFormat;
@@ -178,6 +179,12 @@ std::vector<Option> buildTable() {
   t.push_back(key);
   t.push_back(make("in-place", OptionType::kBool, "", &Settings::in_place,
                    "allow --checkpoint-output to equal --checkpoint (still atomic)"));
+  t.push_back(choice("weights-from", "W", &Settings::weights_from,
+                     std::array{WeightsFrom::kCheckpoint, WeightsFrom::kModel}, &weightsText,
+                     "with --checkpoint, where the weights of the forward passes come from: "
+                     "checkpoint: every parameter and buffer from its state_dict (the model "
+                     "file gives the architecture); model: the model file's, refused unless "
+                     "equal to the checkpoint's (exit 7)"));
   t.push_back(make("overwrite", OptionType::kBool, "", &Settings::overwrite,
                    "replace outputs that exist already (otherwise an error, exit 6)"));
   t.push_back(choice("device", "D", &Settings::device,

@@ -273,8 +273,12 @@ struct AppliedBn {
   std::string var_attr;
 };
 
-AdaptableModel::AdaptableModel(const std::string& path)
+AdaptableModel::AdaptableModel(const std::string& path, const Prepare& prepare)
     : path_(path), calib_(loadModule(path)), output_(loadModule(path)) {
+  if (prepare) {
+    prepare(output_);
+    prepare(calib_);
+  }
   calib_.eval();
   discover();
 }

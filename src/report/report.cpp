@@ -118,6 +118,16 @@ nlohmann::json buildReport(const RunSummary& run) {
                        {"left_alone", run.skipped->size()},
                        {"left_alone_by_reason", model::countByCategory(*run.skipped)},
                        {"unreached", unused.size()}};
+  nlohmann::json& weights = j["weights"];
+  weights["from"] = run.weights.from;
+  if (run.weights.from == "checkpoint") {
+    weights["file"] = run.weights.file;
+    weights["dict"] = run.weights.dict;
+    weights["prefix"] = run.weights.prefix;
+    weights["tensors"] = run.weights.tensors;
+    weights["sha256"] = run.weights.sha256;
+    weights["kept_from_model"] = run.weights.kept_from_model;
+  }
   if (!run.checkpoint_description.empty()) {
     j["checkpoint"] = {{"input", st.checkpoint_path},
                        {"output", st.checkpoint_output_path},
