@@ -19,10 +19,9 @@ constexpr uint64_t kMaxSeed = std::numeric_limits<uint64_t>::max();
 
 const char* const kPositiveSamples = "a positive integer at most 1000000000000";
 
-// An option that sets `member` of Settings from a value of its type.
-template <typename T>
-Option make(const char* flag, OptionType type, const char* metavar, T Settings::*member,
-            const char* help) {
+// What every option has: its flag, its config key (the flag with '_' for '-'), type, metavar
+// and help.
+Option declare(const char* flag, OptionType type, const char* metavar, const char* help) {
   Option o;
   o.flag = flag;
   o.key = flag;
@@ -30,6 +29,14 @@ Option make(const char* flag, OptionType type, const char* metavar, T Settings::
   o.type = type;
   o.metavar = metavar;
   o.help = help;
+  return o;
+}
+
+// An option that sets `member` of Settings from a value of its type.
+template <typename T>
+Option make(const char* flag, OptionType type, const char* metavar, T Settings::*member,
+            const char* help) {
+  Option o = declare(flag, type, metavar, help);
   o.apply = [member](Settings& s, const Value& v) {
     if constexpr (std::is_same_v<T, bool> || std::is_same_v<T, double> ||
                   std::is_same_v<T, std::string> || std::is_same_v<T, std::vector<float>>) {
@@ -72,13 +79,7 @@ Option number(const char* flag, const char* metavar, T Settings::*member, uint64
 template <typename E, std::size_t N>
 Option choice(const char* flag, const char* metavar, E Settings::*member,
               std::array<E, N> values, const char* (*name)(E), const char* help) {
-  Option o;
-  o.flag = flag;
-  o.key = flag;
-  std::replace(o.key.begin(), o.key.end(), '-', '_');
-  o.type = OptionType::kChoice;
-  o.metavar = metavar;
-  o.help = help;
+  Option o = declare(flag, OptionType::kChoice, metavar, help);
   for (E v : values) o.choices.emplace_back(name(v));
   o.apply = [member, values, name](Settings& s, const Value& v) {
     for (E e : values) {
