@@ -20,6 +20,13 @@ void ioFaultPoint(const char* point) { maybeInjectFault(point, g_rank.load()); }
 
 }  // namespace
 
+std::string reportedVersion(const std::string& actual, int rank) {
+  const char* spec = std::getenv("BNADAPT_FAULT");
+  const std::string prefix = std::to_string(rank) + ":version:";
+  if (spec == nullptr || std::string(spec).rfind(prefix, 0) != 0) return actual;
+  return std::string(spec).substr(prefix.size());
+}
+
 void maybeInjectFault(const char* phase, int rank) {
   static const char* spec = std::getenv("BNADAPT_FAULT");
   if (spec == nullptr) return;

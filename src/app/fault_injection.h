@@ -11,9 +11,16 @@
 // Unset in production: the variable is read once, and without it the io points stay off.
 #pragma once
 
+#include <string>
+
 namespace bnadapt::app {
 
 // Also arms io's write points for `rank` on its first call when BNADAPT_FAULT is set.
+// Start-up points: mpi-init (before MPI starts; the rank is the launcher's), settings.
 void maybeInjectFault(const char* phase, int rank);
+
+// BNADAPT_FAULT="RANK:version:TEXT" makes rank RANK report TEXT as its build (a rank started
+// from another build); otherwise `actual`.
+std::string reportedVersion(const std::string& actual, int rank);
 
 }  // namespace bnadapt::app

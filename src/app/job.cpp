@@ -1,16 +1,21 @@
 #include "app/job.h"
 
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
+#include <sstream>
 #include <string>
 #include <utility>
 
 #include <ATen/Parallel.h>
 
 #include "app/agreement.h"
+#include "app/checkpoint_weights.h"
 #include "app/evaluation.h"
 #include "app/fault_injection.h"
 #include "app/fingerprint.h"
@@ -32,6 +37,28 @@ double secondsSince(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// Seconds since this process was exec'd (the kernel's start time, 10 ms ticks): dynamic
+// loading of LibTorch, CUDA and MPI, MPI_Init and reading the settings. -1 if /proc says
+// nothing usable.
+double secondsSinceProcessStart() {
+  std::ifstream stat("/proc/self/stat");
+  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  const size_t close = text.rfind(')');  // the command name may hold spaces and ')'
+  std::ifstream uptime_file("/proc/uptime");
+  double uptime = -1;
+  uptime_file >> uptime;
+  if (close == std::string::npos || !uptime_file || uptime < 0) return -1;
+  std::istringstream fields(text.substr(close + 2));
+  std::string field;
+  for (int i = 3; i < 22 && fields >> field; ++i) {
+  }  // fields 3..21
+  unsigned long long start_ticks = 0;
+  if (!(fields >> start_ticks)) return -1;  // field 22: starttime
+  const long ticks = sysconf(_SC_CLK_TCK);
+  if (ticks <= 0) return -1;
+  return std::max(0.0, uptime - static_cast<double>(start_ticks) / static_cast<double>(ticks));
+}
+
 double peakRssMiB() {
   struct rusage usage {};
   getrusage(RUSAGE_SELF, &usage);
@@ -51,15 +78,18 @@ data::DataOptions dataOptions(const config::Settings& st, data::DataFormat forma
   return o;
 }
 
-// The BN buffers a checkpoint of this model must hold: every path of every adapted layer.
-std::vector<checkpoint::ExpectedBuffer> expectedBuffers(const model::AdaptableModel& model) {
-  std::vector<checkpoint::ExpectedBuffer> out;
-  for (size_t i = 0; i < model.layers().size(); ++i) {
-    for (const auto& [name, tensor] : model.buffers(i)) {
-      out.push_back({name, tensor.sizes().vec(), !checkpoint::isBatchCounter(name)});
-    }
-  }
-  return out;
+report::WeightsSource weightsSource(const checkpoint::ModelWeights& w) {
+  return {"checkpoint",          w.file,   w.where.dict_path, w.where.prefix,
+          static_cast<int64_t>(w.tensors), w.sha256, w.kept_from_model};
+}
+
+// The log's and the consistency check's line on where the weights came from.
+std::string describeWeights(const report::WeightsSource& w) {
+  if (w.from != "checkpoint") return "weights: the model file's";
+  return "weights: every parameter and buffer from checkpoint '" + w.file + "' (" +
+         (w.dict.empty() ? std::string("root dict") : "dict '" + w.dict + "'") +
+         ", key prefix '" + w.prefix + "'), " + std::to_string(w.tensors) +
+         " tensor(s), sha256 " + w.sha256 + "; the model file gives the architecture";
 }
 
 void logSettings(const config::Settings& st, const comm::Communicator& comm, int threads,
@@ -92,20 +122,16 @@ void logSettings(const config::Settings& st, const comm::Communicator& comm, int
 
 }  // namespace
 
-Job::Job(const config::Settings& settings, comm::Communicator& comm)
+Job::Job(const config::Settings& settings, comm::Communicator& comm, Watchdog& watchdog)
     : st_(settings),
       comm_(comm),
       rank_(comm.rank()),
       world_(comm.size()),
       t_start_(std::chrono::steady_clock::now()),
+      process_start_seconds_(secondsSinceProcessStart()),
       threads_(at::get_num_threads()),  // configureProcess() set them
       data_threads_(dataThreads(settings, threads_)),
-      watchdog_(static_cast<double>(settings.timeout_seconds),
-                [this](const std::string& phase, double idle) {
-                  log::error("no progress for ", static_cast<int64_t>(idle), " s during ", phase,
-                             " (--timeout ", st_.timeout_seconds, "); ending the job");
-                  std::_Exit(static_cast<int>(ExitCode::kTimeout));
-                }) {}
+      watchdog_(watchdog) {}
 
 int Job::start() {
   logSettings(st_, comm_, threads_, data_threads_);
@@ -136,12 +162,11 @@ int Job::load() {
 void Job::openInputs() {
   maybeInjectFault("setup", rank_);
   if (rank_ == 0) checkOutputPaths(st_);
-  model_ = std::make_unique<model::AdaptableModel>(st_.model_path);
+  CheckpointWeights weights(st_, rank_, comm_.localSize());  // matched and checked now, patched at the end
+  model_ = std::make_unique<model::AdaptableModel>(st_.model_path, weights.prepare());
   model_->moveTo(place_.torch_device, st_.channels_last);
-  if (rank_ == 0 && !st_.checkpoint_path.empty()) {  // checked now, patched at the end
-    ckpt_ = checkpoint::openCheckpoint(st_.checkpoint_path);
-    ckpt_->plan(expectedBuffers(*model_), st_.checkpoint_key);
-  }
+  if (rank_ == 0) ckpt_ = weights.takeCheckpoint();
+  if (const checkpoint::ModelWeights* w = weights.loaded()) run_.weights = weightsSource(*w);
   data_ = data::openDataset(
       st_.data_path,
       dataOptions(st_, st_.data_format, data::roundBudget(st_.samples, st_.batch_size)));
@@ -163,6 +188,18 @@ void Job::logInputs() const {
   log::info0("data: ", data_->describe());
   if (eval_data_) log::info0("eval data: ", eval_data_->describe());
   if (ckpt_) log::info0("checkpoint: ", ckpt_->describe());
+  if (!st_.checkpoint_path.empty()) {
+    log::info0(st_.weights_from == config::WeightsFrom::kModel
+                   ? "weights: the model file's, equal to the checkpoint's (--weights-from model)"
+                   : describeWeights(run_.weights));
+  }
+  if (!run_.weights.kept_from_model.empty()) {
+    std::string names;
+    for (const auto& n : run_.weights.kept_from_model) names += (names.empty() ? "'" : ", '") + n + "'";
+    log::warn0(run_.weights.kept_from_model.size(), " buffer(s) the checkpoint lacks keep the ",
+               "model file's values (non-persistent buffers, which TorchScript keeps and ",
+               "state_dicts leave out): ", names);
+  }
   const std::string by_reason = model::countByCategory(model_->skipped());
   log::info0(model_->layers().size(), " BN layer(s) to adapt, ", model_->skipped().size(),
              " left alone", by_reason.empty() ? "" : " (" + by_reason + ")", "; ",
@@ -189,12 +226,16 @@ void Job::logInputs() const {
 int Job::checkConsistency() {
   // The broadcast stays outside the phase body: a collective must never be skipped by an
   // exception.
-  const std::vector<std::string> lines =
+  std::vector<std::string> lines =
       fingerprint(st_, *data_, plan_, eval_data_.get(), eval_plan_, *model_);
+  const auto t_check = std::chrono::steady_clock::now();
+  lines.push_back(describeWeights(run_.weights));  // what each rank read
   std::string rank0_lines = joinLines(lines);
   comm_.broadcast(rank0_lines, 0);
-  return agreedPhase(comm_, &watchdog_, "the consistency check",
-                     [&] { checkSameAsRankZero(rank_, lines, rank0_lines); });
+  const int code = agreedPhase(comm_, &watchdog_, "the consistency check",
+                               [&] { checkSameAsRankZero(rank_, lines, rank0_lines); });
+  run_.consistency_seconds = secondsSince(t_check);
+  return code;
 }
 
 int Job::connect() {
@@ -208,6 +249,7 @@ int Job::connect() {
     }
   }
   run_.setup_seconds = secondsSince(t_start_);
+  run_.process_start_seconds = process_start_seconds_;
   return 0;
 }
 

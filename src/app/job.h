@@ -2,7 +2,7 @@
 //
 //   start              the settings in the log
 //   place              device and backend, autocast (this thread's), the loader's options
-//   load               setup: model (two copies), checkpoint (rank 0), data, batch plans
+//   load               setup: model (two copies; with --checkpoint, the checkpoint's weights), data, plans
 //   checkConsistency   every rank has rank 0's settings, model and data (before data moves)
 //   connect            the device communicator for the statistics (NCCL), if any
 //   evaluateBefore     --eval: top-1 before adaptation
@@ -50,8 +50,9 @@ namespace bnadapt::app {
 
 class Job {
  public:
-  // Starts the watchdog (--timeout); no collective.
-  Job(const config::Settings& settings, comm::Communicator& comm);
+  // `watchdog` (the process's, running since before MPI started) sees every phase; no
+  // collective.
+  Job(const config::Settings& settings, comm::Communicator& comm, Watchdog& watchdog);
   ~Job();  // aborts the device communicator when shutdown() was not reached
   Job(const Job&) = delete;
   Job& operator=(const Job&) = delete;
@@ -86,9 +87,10 @@ class Job {
   const int rank_;
   const int world_;
   const std::chrono::steady_clock::time_point t_start_;
+  const double process_start_seconds_;  // process exec -> this Job (-1: unknown)
   const int threads_;       // intra-op, per rank
   const int data_threads_;  // decoding, per rank
-  Watchdog watchdog_;
+  Watchdog& watchdog_;
 
   Placement place_;
   bool bf16_ = false;  // --autocast bf16

@@ -6,8 +6,10 @@
 #include <string>
 
 #include <ATen/Parallel.h>
+#include <torch/cuda.h>
 
 #include "app/agreement.h"
+#include "app/fault_injection.h"
 #include "app/job.h"
 #include "comm/cpu_binding.h"
 #include "comm/launch_check.h"
@@ -33,8 +35,7 @@ int claimCores(const config::Settings& settings, const comm::Communicator& comm)
   const comm::BindingPlan plan =
       comm::planBinding(comm::processEnv, counts, planned, dataThreads(settings, planned));
   if (plan.action == comm::BindingPlan::Action::kWiden) {
-    const std::string cores = std::to_string(plan.first_core) + "-" +
-                              std::to_string(plan.first_core + plan.cores - 1);
+    const std::string cores = comm::describeCpus(plan.first_core, plan.cores);
     if (comm::setProcessAffinity(plan.first_core, plan.cores)) {
       log::info("the launcher's default binding gave this rank ", counts.allowed,
                 " core(s); widened to its node share, cores ", cores);
@@ -63,14 +64,17 @@ void configureProcess(const config::Settings& settings, const comm::Communicator
   const int cores = claimCores(settings, comm);
   const int share = comm::nodeShare({cores, comm::onlineCores(), comm.localSize(), 0});
   at::set_num_threads(settings.threads > 0 ? settings.threads : std::min(share, cores));
-  // TF32 would put CUDA convolutions 1e-3 away from the CPU's results (no effect on a CPU).
-  compat::disableTF32OnCuda();
+  // TF32 would put CUDA convolutions 1e-3 away from the CPU's results. Only where CUDA is
+  // usable: touching the CUDA backend's settings otherwise costs ~100 MiB of RSS per rank.
+  if (settings.device != comm::DeviceRequest::kCpu && torch::cuda::is_available()) {
+    compat::disableTF32OnCuda();
+  }
 }
 
 // The pipeline, one phase after another (README "How it works"); each phase is agreed by
 // every rank, and the first that fails ends the run with the code every rank agreed on.
-ExitCode run(const config::Settings& settings, comm::Communicator& comm) {
-  Job job(settings, comm);
+ExitCode run(const config::Settings& settings, comm::Communicator& comm, Watchdog& watchdog) {
+  Job job(settings, comm, watchdog);
   using Phase = int (Job::*)();
   for (Phase phase : {&Job::start, &Job::place, &Job::load, &Job::checkConsistency,
                       &Job::connect, &Job::evaluateBefore, &Job::forward, &Job::checkStatistics,
@@ -81,7 +85,28 @@ ExitCode run(const config::Settings& settings, comm::Communicator& comm) {
   return ExitCode::kOk;
 }
 
-int main(const std::vector<std::string>& args, comm::Communicator& comm) {
+std::string buildVersion() {
+  return std::string("bnadapt_dist ") + BNADAPT_VERSION + " (LibTorch " + compat::kTorchVersion +
+         ")";
+}
+
+namespace {
+
+// Every rank runs rank 0's build: compared before anything else moves between ranks.
+int checkSameBuild(comm::Communicator& comm, Watchdog& watchdog) {
+  const std::string mine = reportedVersion(buildVersion(), comm.rank());
+  std::string rank0 = mine;
+  watchdog.enter("comparing the ranks' builds");
+  comm.broadcast(rank0, 0);
+  return agreedPhase(comm, &watchdog, "comparing the ranks' builds", [&] {
+    BNA_CHECK(mine == rank0, ExitCode::kCommunication, "rank ", comm.rank(), " runs ", mine,
+              " but rank 0 runs ", rank0, ": start every rank from the same build");
+  });
+}
+
+}  // namespace
+
+int main(const std::vector<std::string>& args, comm::Communicator& comm, Watchdog& watchdog) {
   log::setIdentity(comm.hostname(), comm.rank(), comm.size());
   // Processes the launcher did not wire into one job (srun without --mpi=pmix: N
   // singletons) stop before any work; every rank reaches the same verdict on its own.
@@ -91,9 +116,11 @@ int main(const std::vector<std::string>& args, comm::Communicator& comm) {
     return static_cast<int>(ExitCode::kCommunication);
   }
   try {
+    if (int code = checkSameBuild(comm, watchdog)) return code;
     config::Settings settings;
     bool help = false;
-    if (int code = agreedPhase(comm, nullptr, "reading the settings", [&] {
+    if (int code = agreedPhase(comm, &watchdog, "reading the settings", [&] {
+          maybeInjectFault("settings", comm.rank());
           try {
             settings = config::parseSettings(args);
           } catch (const config::HelpRequested&) {
@@ -107,8 +134,9 @@ int main(const std::vector<std::string>& args, comm::Communicator& comm) {
       if (comm.rank() == 0) std::fputs(config::usage().c_str(), stdout);
       return 0;
     }
+    watchdog.setTimeout(static_cast<double>(settings.timeout_seconds));
     configureProcess(settings, comm);
-    return static_cast<int>(run(settings, comm));
+    return static_cast<int>(run(settings, comm, watchdog));
   } catch (const Error& e) {
     // A collective itself failed: the other ranks cannot be told; end the whole job.
     log::error(e.what());

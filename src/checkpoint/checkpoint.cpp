@@ -1,10 +1,15 @@
 #include "checkpoint/checkpoint.h"
 
+#include <cstring>
+#include <filesystem>
+#include <new>
+
 #include <ATen/ATen.h>
 
 #include "checkpoint/safetensors.h"
 #include "checkpoint/tensor_bytes.h"
 #include "checkpoint/torch_zip_checkpoint.h"
+#include "checkpoint/weights.h"
 #include "common/error.h"
 #include "io/file_names.h"
 #include "io/files.h"
@@ -66,6 +71,9 @@ class SafetensorsCheckpoint final : public Checkpoint {
     io::bytesWriter(out.bytes())(path);
   }
 
+  const KeyMatch& match() const override { return match_; }
+  const std::string& path() const override { return path_; }
+
   std::string describe() const override {
     return "safetensors file " + path_ + ": key prefix '" + match_.prefix + "', " +
            std::to_string(targets_.size()) + " BN buffer(s) to patch, " +
@@ -73,6 +81,31 @@ class SafetensorsCheckpoint final : public Checkpoint {
   }
 
  private:
+  uint64_t stateDictBytes() const override {
+    uint64_t bytes = 0;
+    for (const auto& e : file_.entries()) {
+      if (e.key.starts_with(match_.prefix)) bytes += e.end - e.begin;
+    }
+    return bytes;
+  }
+
+  io::NamedTensors readTensors() const override {
+    io::NamedTensors out;
+    for (const auto& e : file_.entries()) {
+      if (!e.key.starts_with(match_.prefix)) continue;
+      const c10::ScalarType dtype = safetensorsDtype(e.dtype);
+      BNA_CHECK(dtype != c10::ScalarType::Undefined, ExitCode::kCheckpoint, path_, ": key '",
+                e.key, "' is stored as ", e.dtype, ", which the tool cannot load");
+      at::Tensor t = at::empty(e.shape, dtype);
+      BNA_CHECK(static_cast<uint64_t>(t.nbytes()) == e.end - e.begin, ExitCode::kCheckpoint,
+                path_, ": key '", e.key, "' holds ", e.end - e.begin, " bytes, its shape needs ",
+                t.nbytes());
+      std::memcpy(t.data_ptr(), file_.bytes().data() + e.begin, t.nbytes());
+      out.emplace_back(e.key.substr(match_.prefix.size()), std::move(t));
+    }
+    return out;
+  }
+
   std::string path_;
   SafetensorsFile file_;
   KeyMatch match_;
@@ -81,13 +114,28 @@ class SafetensorsCheckpoint final : public Checkpoint {
 
 }  // namespace
 
-std::unique_ptr<Checkpoint> openCheckpoint(const std::string& path) {
+io::NamedTensors Checkpoint::readStateDict(int readers) const {
+  const uint64_t bytes = stateDictBytes();
+  checkMemoryFor(bytes, path(), readers);
+  try {
+    return readTensors();
+  } catch (const std::bad_alloc&) {
+    failAllocation(bytes, path());
+  } catch (const c10::OutOfMemoryError&) {
+    failAllocation(bytes, path());
+  }
+}
+
+std::unique_ptr<Checkpoint> openCheckpoint(const std::string& path, int readers) {
   const std::string head = io::readHead(path, 512, "checkpoint", ExitCode::kCheckpoint);
   auto startsWith = [&](std::string_view magic) {
     return head.size() >= magic.size() && std::string_view(head.data(), magic.size()) == magic;
   };
   if (startsWith("PK\x03\x04") || startsWith("PK\x05\x06")) return openTorchZip(path);
   if (io::isSafetensorsFileName(path) || (head.size() > 8 && head[8] == '{')) {
+    std::error_code error;  // read whole, then parsed: a file larger than memory is refused
+    const uintmax_t size = std::filesystem::file_size(path, error);
+    if (!error) checkMemoryFor(size, path, readers);
     return std::make_unique<SafetensorsCheckpoint>(
         path, io::readFile(path, "checkpoint", ExitCode::kCheckpoint));
   }

@@ -5,6 +5,7 @@
 // ranges of the BN buffers change). Legacy torch.save files are refused with a re-save hint.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -30,9 +31,28 @@ class Checkpoint {
 
   // One line for the log: format, where the state_dict is, how many buffers will change.
   virtual std::string describe() const = 0;
+
+  // The checkpoint's file.
+  virtual const std::string& path() const = 0;
+
+  // After plan(): where the state_dict is (its path, key prefix, --checkpoint-key value).
+  virtual const KeyMatch& match() const = 0;
+
+  // After plan(): every tensor of that state_dict under its prefix, by the model's name for
+  // it (the key without the prefix), as stored (dtype, shape), contiguous, on the CPU. Reads
+  // their bytes now. Errors (kCheckpoint) name the key: a dtype the tool cannot read, a view
+  // beyond its storage; a rank without the memory for them is told how much they need.
+  // `readers`: the ranks of this host that read it at the same time (they share its memory).
+  io::NamedTensors readStateDict(int readers = 1) const;
+
+ private:
+  // readStateDict's parts: the bytes those tensors take, and the reading itself.
+  virtual uint64_t stateDictBytes() const = 0;
+  virtual io::NamedTensors readTensors() const = 0;
 };
 
-// Opens `path` by its content. Errors are kCheckpoint and name the file.
-std::unique_ptr<Checkpoint> openCheckpoint(const std::string& path);
+// Opens `path` by its content. Errors are kCheckpoint and name the file. `readers`: the ranks
+// of this host that open it at the same time (a safetensors file is read whole).
+std::unique_ptr<Checkpoint> openCheckpoint(const std::string& path, int readers = 1);
 
 }  // namespace bnadapt::checkpoint

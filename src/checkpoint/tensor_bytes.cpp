@@ -33,13 +33,13 @@ void checkCompatible(const std::string& source, const std::string& key,
 }
 
 at::Tensor convertChecked(const at::Tensor& values, c10::ScalarType dtype, const std::string& key,
-                          const std::string& source) {
+                          const std::string& source, const char* refusal) {
   const at::Tensor v = values.detach().cpu().to(dtype).contiguous();
   if (at::isFloatingType(dtype)) {
     const at::Tensor lost = at::logical_and(at::isfinite(values.detach().cpu()),
                                             at::logical_not(at::isfinite(v)));
     BNA_CHECK(!lost.any().item<bool>(), ExitCode::kCheckpoint, source, ": key '", key,
-              "': a new value does not fit the checkpoint's ", c10::toString(dtype),
+              "': ", refusal, " ", c10::toString(dtype),
               " (largest magnitude ", values.abs().max().item<double>(), ")");
   }
   return v;

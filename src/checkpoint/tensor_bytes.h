@@ -28,8 +28,10 @@ void writeElements(std::string& bytes, c10::ScalarType dtype, const std::vector<
 void writeCounter(std::string& bytes, c10::ScalarType dtype, const std::vector<int64_t>& elements,
                   int64_t add, const std::string& key, const std::string& source);
 
-// Values converted to `dtype`, refusing finite values that become inf/nan there.
+// Values converted to `dtype`, refusing finite values that become inf/nan there; `refusal`
+// starts the message's sentence about them.
 at::Tensor convertChecked(const at::Tensor& values, c10::ScalarType dtype, const std::string& key,
-                          const std::string& source);
+                          const std::string& source,
+                          const char* refusal = "a new value does not fit the checkpoint's");
 
 }  // namespace bnadapt::checkpoint

@@ -20,6 +20,7 @@ namespace bnadapt::checkpoint {
 namespace {
 
 using torchfile::DictNode;
+using torchfile::DtypeInfo;
 using torchfile::TensorRecord;
 using torchfile::UnpickleResult;
 using torchfile::tensorDicts;
@@ -184,6 +185,9 @@ class TorchZipCheckpoint final : public Checkpoint {
               std::strerror(write_errno));
   }
 
+  const KeyMatch& match() const override { return match_; }
+  const std::string& path() const override { return path_; }
+
   std::string describe() const override {
     return "torch.save zip archive " + path_ + ": state_dict at " +
            (match_.dict_path.empty() ? std::string("the root") : "'" + match_.dict_path + "'") +
@@ -193,6 +197,62 @@ class TorchZipCheckpoint final : public Checkpoint {
   }
 
  private:
+  // The matched dict's tensors under the prefix: model name -> record.
+  std::vector<std::pair<std::string, const TensorRecord*>> stateDict() const {
+    std::vector<std::pair<std::string, const TensorRecord*>> out;
+    for (const auto& [key, rec] : dicts_.at(match_.dict_index).tensors) {
+      if (key.starts_with(match_.prefix)) out.emplace_back(key.substr(match_.prefix.size()), rec);
+    }
+    return out;
+  }
+
+  uint64_t stateDictBytes() const override {
+    uint64_t bytes = 0;
+    for (const auto& [name, rec] : stateDict()) {
+      int64_t numel = 1;
+      for (int64_t s : rec->sizes) numel *= s;
+      const DtypeInfo* info = torchfile::dtypeByName(rec->type_name);
+      bytes += static_cast<uint64_t>(numel) * static_cast<uint64_t>(info ? info->size : 1);
+    }
+    return bytes;
+  }
+
+  io::NamedTensors readTensors() const override {
+    std::map<std::string, std::pair<at::DataPtr, size_t>> storages;  // read once each
+    io::NamedTensors out;
+    for (const auto& [name, rec] : stateDict()) {
+      const std::string key = match_.prefix + name;
+      BNA_CHECK(rec->dtype != c10::ScalarType::Undefined, ExitCode::kCheckpoint, path_, ": key '",
+                key, "' is stored as ", rec->type_name, ", which the tool cannot load");
+      const std::string record = "data/" + rec->storage_key;
+      auto it = storages.find(record);
+      if (it == storages.end()) {
+        BNA_CHECK(reader_->hasRecord(record), ExitCode::kCheckpoint, path_, ": key '", key,
+                  "' refers to storage record '", record, "', which is missing");
+        auto [ptr, size] = readRecord(record);
+        it = storages.emplace(record, std::make_pair(std::move(ptr), size)).first;
+      }
+      const int64_t elsize = static_cast<int64_t>(c10::elementSize(rec->dtype));
+      const int64_t numel = static_cast<int64_t>(it->second.second) / elsize;
+      int64_t last = rec->offset;  // the view spans storage elements [offset, last]
+      bool empty = false;
+      for (size_t d = 0; d < rec->sizes.size(); ++d) {
+        BNA_CHECK(rec->strides[d] >= 0, ExitCode::kCheckpoint, path_, ": key '", key,
+                  "' has a negative stride");
+        empty = empty || rec->sizes[d] == 0;
+        if (rec->sizes[d] > 0) last += (rec->sizes[d] - 1) * rec->strides[d];
+      }
+      BNA_CHECK(empty || (rec->offset >= 0 && last < numel), ExitCode::kCheckpoint, path_,
+                ": key '", key, "' reaches beyond its storage record '", record, "' (", numel,
+                " elements)");
+      const at::Tensor storage = at::from_blob(it->second.first.get(), {numel}, rec->dtype);
+      out.emplace_back(name, empty ? at::empty(rec->sizes, rec->dtype)
+                                   : storage.as_strided(rec->sizes, rec->strides, rec->offset)
+                                         .clone(at::MemoryFormat::Contiguous));
+    }
+    return out;
+  }
+
   struct Target {
     std::string key;               // in the checkpoint, with prefix
     const TensorRecord* record;    // owned by pickle_

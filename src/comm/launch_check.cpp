@@ -62,6 +62,15 @@ std::optional<std::string> processEnv(const std::string& name) {
   return std::string(value);
 }
 
+int launcherRank(const EnvLookup& env) {
+  for (const char* name : {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"}) {
+    const std::optional<std::string> value = env(name);
+    if (!value || value->empty() || value->size() > 9) continue;
+    if (value->find_first_not_of("0123456789") == std::string::npos) return std::stoi(*value);
+  }
+  return -1;
+}
+
 std::string checkLaunch(const EnvLookup& env, int world_size) {
   const auto count = launcherCount(env);
   if (!count || count->processes == world_size) return {};

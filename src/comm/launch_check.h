@@ -37,4 +37,9 @@ std::optional<std::string> processEnv(const std::string& name);
 // Every rank of a consistent launch computes the same answer, so no collective is needed.
 std::string checkLaunch(const EnvLookup& env, int world_size);
 
+// This process's rank as the launcher numbered it, before MPI starts (for messages and test
+// fault points): OMPI_COMM_WORLD_RANK, PMI_RANK, PMIX_RANK or SLURM_PROCID, first set; -1
+// when none is.
+int launcherRank(const EnvLookup& env);
+
 }  // namespace bnadapt::comm

@@ -195,6 +195,9 @@ void checkCombinations(const Settings& s, const Values& flags, const Values& sec
                       " (where the patched copy goes)");
   BNA_CHECK(!s.in_place || !s.checkpoint_path.empty(), ExitCode::kUsage, named("in_place"),
             " applies to ", missing("checkpoint", ""), ", which is not given");
+  BNA_CHECK(!given(flags, sec, "weights_from") || !s.checkpoint_path.empty(), ExitCode::kUsage,
+            named("weights_from"), " applies to ", missing("checkpoint", ""),
+            ", which is not given");
   BNA_CHECK(s.eval || (s.eval_data_path.empty() && s.eval_samples == 0), ExitCode::kUsage,
             named(s.eval_data_path.empty() ? "eval_samples" : "eval_data"), " applies to ",
             missing("eval", ""), ", which is not given");
@@ -251,6 +254,25 @@ Settings parseSettings(const std::vector<std::string>& args) {
   return settingsFrom(flags, config == flags.end() ? std::nullopt
                                                    : std::optional<std::string>(readConfigText(
                                                          std::get<std::string>(config->second))));
+}
+
+int64_t startupTimeout(const std::vector<std::string>& args) {
+  const Option& timeout = *optionByFlag("timeout");
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    std::string value;
+    if (args[i] == "--timeout" && i + 1 < args.size()) {
+      value = args[i + 1];
+    } else if (args[i].starts_with("--timeout=")) {
+      value = args[i].substr(10);
+    } else {
+      continue;
+    }
+    const std::optional<uint64_t> seconds = parseDecimal(value);
+    if (seconds && *seconds >= timeout.min && *seconds <= timeout.max) {
+      return static_cast<int64_t>(*seconds);
+    }
+  }
+  return Settings{}.timeout_seconds;
 }
 
 Settings parseSettingsFromText(const std::string& config_text,

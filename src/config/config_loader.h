@@ -9,6 +9,7 @@
 // file path and name the JSON path of the offending key.
 #pragma once
 
+#include <cstdint>
 #include <exception>
 #include <string>
 #include <vector>
@@ -28,6 +29,11 @@ class HelpRequested : public std::exception {
 // Parses argv[1..] (and the --config file, if given) into validated Settings.
 // Throws HelpRequested for --help/-h, bnadapt::Error(ExitCode::kUsage, ...) for any problem.
 Settings parseSettings(const std::vector<std::string>& args);
+
+// The --timeout the command line gives when it is valid, else the default: what the watchdog
+// uses from before MPI starts until the settings are read (the config file may then set
+// another). Never throws.
+int64_t startupTimeout(const std::vector<std::string>& args);
 
 // For tests and fuzzing (tests/fuzz/fuzz_config.cpp): parseSettings(args) with `config_text`
 // as the config file's contents, touching no file. `args` may name the file with

@@ -19,10 +19,9 @@ constexpr uint64_t kMaxSeed = std::numeric_limits<uint64_t>::max();
 
 const char* const kPositiveSamples = "a positive integer at most 1000000000000";
 
-// An option that sets `member` of Settings from a value of its type.
-template <typename T>
-Option make(const char* flag, OptionType type, const char* metavar, T Settings::*member,
-            const char* help) {
+// What every option has: its flag, its config key (the flag with '_' for '-'), type, metavar
+// and help.
+Option declare(const char* flag, OptionType type, const char* metavar, const char* help) {
   Option o;
   o.flag = flag;
   o.key = flag;
@@ -30,6 +29,14 @@ Option make(const char* flag, OptionType type, const char* metavar, T Settings::
   o.type = type;
   o.metavar = metavar;
   o.help = help;
+  return o;
+}
+
+// An option that sets `member` of Settings from a value of its type.
+template <typename T>
+Option make(const char* flag, OptionType type, const char* metavar, T Settings::*member,
+            const char* help) {
+  Option o = declare(flag, type, metavar, help);
   o.apply = [member](Settings& s, const Value& v) {
     if constexpr (std::is_same_v<T, bool> || std::is_same_v<T, double> ||
                   std::is_same_v<T, std::string> || std::is_same_v<T, std::vector<float>>) {
@@ -72,13 +79,7 @@ Option number(const char* flag, const char* metavar, T Settings::*member, uint64
 template <typename E, std::size_t N>
 Option choice(const char* flag, const char* metavar, E Settings::*member,
               std::array<E, N> values, const char* (*name)(E), const char* help) {
-  Option o;
-  o.flag = flag;
-  o.key = flag;
-  std::replace(o.key.begin(), o.key.end(), '-', '_');
-  o.type = OptionType::kChoice;
-  o.metavar = metavar;
-  o.help = help;
+  Option o = declare(flag, OptionType::kChoice, metavar, help);
   for (E v : values) o.choices.emplace_back(name(v));
   o.apply = [member, values, name](Settings& s, const Value& v) {
     for (E e : values) {
@@ -93,6 +94,7 @@ Option choice(const char* flag, const char* metavar, E Settings::*member,
 const char* formatName(data::DataFormat f) { return data::dataFormatName(f); }
 const char* weightName(stats::Weighting w) { return stats::weightingName(w); }
 const char* precisionText(Precision p) { return precisionName(p); }
+const char* weightsText(WeightsFrom w) { return weightsFromName(w); }
 
 std::vector<Option> buildTable() {
   using data::DataFormat;
@@ -143,7 +145,7 @@ std::vector<Option> buildTable() {
                      "input_info.sample_size's H x W); unset: crop / 0.875 (256 for 224)"));
   t.push_back(number("data-threads", "N", &Settings::data_threads, 0, kMaxThreads,
                      "a non-negative integer at most 65536",
-                     "decoding threads per rank; 0: half the rank's cores, at least 1"));
+                     "decoding threads per rank; 0: half the intra-op threads, at least 1"));
   t.push_back(number("prefetch-batches", "N", &Settings::prefetch_batches, 1, 1024,
                      "a positive integer at most 1024",
                      "batches decoded ahead of the forward passes"));
@@ -178,6 +180,12 @@ std::vector<Option> buildTable() {
   t.push_back(key);
   t.push_back(make("in-place", OptionType::kBool, "", &Settings::in_place,
                    "allow --checkpoint-output to equal --checkpoint (still atomic)"));
+  t.push_back(choice("weights-from", "W", &Settings::weights_from,
+                     std::array{WeightsFrom::kCheckpoint, WeightsFrom::kModel}, &weightsText,
+                     "with --checkpoint, where the weights of the forward passes come from: "
+                     "checkpoint: every parameter and buffer from its state_dict (the model "
+                     "file gives the architecture); model: the model file's, refused unless "
+                     "equal to the checkpoint's (exit 7)"));
   t.push_back(make("overwrite", OptionType::kBool, "", &Settings::overwrite,
                    "replace outputs that exist already (otherwise an error, exit 6)"));
   t.push_back(choice("device", "D", &Settings::device,
@@ -200,7 +208,8 @@ std::vector<Option> buildTable() {
                      "(statistics still accumulate in float64)"));
   t.push_back(number("threads", "N", &Settings::threads, 0, kMaxThreads,
                      "a non-negative integer at most 65536",
-                     "intra-op threads per rank; 0: cores / local ranks"));
+                     "intra-op threads per rank; 0: min(online cores / local ranks, cores the "
+                     "rank may use)"));
   t.push_back(number("timeout", "SECONDS", &Settings::timeout_seconds, 0, kMaxTimeout,
                      "a number of seconds from 0 (off) to 10000000",
                      "end the job (exit 8) when a rank makes no progress for this long; 0: "

@@ -15,6 +15,15 @@ namespace bnadapt::config {
 using stats::Weighting;
 using stats::weightingName;
 
+// Where the weights come from when a checkpoint is given (--weights-from).
+enum class WeightsFrom {
+  kCheckpoint,  // the checkpoint's state_dict; the model file supplies the architecture
+  kModel,       // the model file's, which must equal the checkpoint's
+};
+constexpr const char* weightsFromName(WeightsFrom w) {
+  return w == WeightsFrom::kModel ? "model" : "checkpoint";
+}
+
 // --autocast: the forward passes in the model's own precision, or bfloat16 autocast.
 enum class Precision { kModel, kBf16 };
 constexpr const char* precisionName(Precision p) { return p == Precision::kBf16 ? "bf16" : "off"; }
@@ -74,6 +83,7 @@ struct Settings {
   std::string checkpoint_output_path;  // --checkpoint-output
   std::string checkpoint_key;          // --checkpoint-key
   bool in_place = false;               // --in-place
+  WeightsFrom weights_from = WeightsFrom::kCheckpoint;  // --weights-from checkpoint|model
   bool overwrite = false;              // --overwrite: outputs may replace existing files
 
   // From NNCF's compression section: algorithm names, in order ("quantization", ...).

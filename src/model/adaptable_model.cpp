@@ -245,13 +245,14 @@ void observeNode(torch::jit::Graph& graph, torch::jit::Node* bn, const BnOp& op)
   inputs.push_back(graph.insertConstant(true));
   inputs.push_back(bn->input(op.momentum));
   inputs.push_back(bn->input(op.eps));
-  torch::jit::Node* legit = graph.create(
-      c10::Symbol::fromQualString("aten::_native_batch_norm_legit"), inputs, bn->outputs().size());
-  legit->insertBefore(bn);
+  // insert() matches the schema (output types included) and packs the three outputs.
+  std::vector<torch::jit::NamedValue> args(inputs.begin(), inputs.end());
+  torch::jit::Node* packed =
+      graph.insert(c10::Symbol::fromQualString("aten::_native_batch_norm_legit"), args)->node();
   for (size_t i = 0; i < bn->outputs().size(); ++i) {
-    legit->output(i)->setType(bn->output(i)->type());
-    bn->output(i)->replaceAllUsesWith(legit->output(i));
+    bn->output(i)->replaceAllUsesWith(packed->input(i));
   }
+  packed->destroy();
   bn->destroy();
 }
 
@@ -326,8 +327,12 @@ struct AppliedBn {
   std::string var_attr;
 };
 
-AdaptableModel::AdaptableModel(const std::string& path)
+AdaptableModel::AdaptableModel(const std::string& path, const Prepare& prepare)
     : path_(path), calib_(loadModule(path)), output_(loadModule(path)) {
+  if (prepare) {
+    prepare(output_);
+    prepare(calib_);
+  }
   calib_.eval();
   discover();
 }

@@ -22,6 +22,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -63,10 +64,15 @@ struct AppliedBn;  // what discovery learnt from a batch normalisation node
 
 class AdaptableModel {
  public:
-  // Loads `path` twice and prepares the calibration copy. Errors are kModel and name the
-  // file or layer. A model without any adaptable BN layer is an error that names the
+  // Called on each freshly loaded copy (the output copy first) before anything is derived
+  // from its tensors: it may overwrite parameters and buffers in place (checkpoint weights).
+  using Prepare = std::function<void(torch::jit::Module&)>;
+
+  // Loads `path` twice, applies `prepare` (if any) to both copies and prepares the
+  // calibration copy. Errors are kModel and name the file or layer (errors of `prepare`
+  // pass through). A model without any adaptable BN layer is an error that names the
   // normalisation it does have ("LayerNorm x12, GroupNorm x4: no BatchNorm to adapt").
-  explicit AdaptableModel(const std::string& path);
+  explicit AdaptableModel(const std::string& path, const Prepare& prepare = nullptr);
   ~AdaptableModel();
   AdaptableModel(const AdaptableModel&) = delete;
   AdaptableModel& operator=(const AdaptableModel&) = delete;

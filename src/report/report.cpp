@@ -118,6 +118,16 @@ nlohmann::json buildReport(const RunSummary& run) {
                        {"left_alone", run.skipped->size()},
                        {"left_alone_by_reason", model::countByCategory(*run.skipped)},
                        {"unreached", unused.size()}};
+  nlohmann::json& weights = j["weights"];
+  weights["from"] = run.weights.from;
+  if (run.weights.from == "checkpoint") {
+    weights["file"] = run.weights.file;
+    weights["dict"] = run.weights.dict;
+    weights["prefix"] = run.weights.prefix;
+    weights["tensors"] = run.weights.tensors;
+    weights["sha256"] = run.weights.sha256;
+    weights["kept_from_model"] = run.weights.kept_from_model;
+  }
   if (!run.checkpoint_description.empty()) {
     j["checkpoint"] = {{"input", st.checkpoint_path},
                        {"output", st.checkpoint_output_path},
@@ -125,7 +135,13 @@ nlohmann::json buildReport(const RunSummary& run) {
                        {"description", run.checkpoint_description},
                        {"sha256", run.checkpoint_sha256}};
   }
-  j["timings"] = {{"setup_seconds", run.setup_seconds},
+  const double startup = run.process_start_seconds < 0
+                            ? -1
+                            : run.process_start_seconds + run.setup_seconds;
+  j["timings"] = {{"process_start_to_job_seconds", run.process_start_seconds},
+                  {"setup_seconds", run.setup_seconds},
+                  {"startup_seconds", startup},
+                  {"consistency_check_seconds", run.consistency_seconds},
                   {"forward_seconds", run.forward_seconds},
                   {"allreduce_seconds", run.allreduce_seconds},
                   {"total_seconds", run.total_seconds}};
@@ -187,8 +203,13 @@ std::vector<std::string> summaryLines(const RunSummary& run) {
                            run.eval.top1(run.eval.correct_before)));
     out.emplace_back(line);
   }
-  std::snprintf(line, sizeof line, "time: setup %.2fs, forward %.2fs, all-reduce %.3fs, total %.2fs",
-                run.setup_seconds, run.forward_seconds, run.allreduce_seconds, run.total_seconds);
+  std::snprintf(line, sizeof line,
+                "time: start-up %.2fs (process start -> job %.2fs, job set-up %.2fs), forward "
+                "%.2fs, all-reduce %.3fs, total %.2fs",
+                run.process_start_seconds < 0 ? run.setup_seconds
+                                              : run.process_start_seconds + run.setup_seconds,
+                run.process_start_seconds, run.setup_seconds, run.forward_seconds,
+                run.allreduce_seconds, run.total_seconds);
   out.emplace_back(line);
   return out;
 }

@@ -34,6 +34,17 @@ struct EvalResult {
   }
 };
 
+// Where the model's parameters and buffers came from.
+struct WeightsSource {
+  std::string from = "model";  // "model" (the TorchScript file) or "checkpoint"
+  std::string file;            // the checkpoint
+  std::string dict;            // its state_dict's path ("" = the root)
+  std::string prefix;          // key prefix
+  int64_t tensors = 0;
+  std::string sha256;          // of the checkpoint's tensors as stored
+  std::vector<std::string> kept_from_model;  // buffers the dict lacks (non-persistent ones)
+};
+
 struct RunSummary {
   const config::Settings* settings = nullptr;
   std::string data_description;
@@ -54,10 +65,15 @@ struct RunSummary {
   const std::vector<model::BnLayer>* layers = nullptr;
   const std::vector<model::SkippedLayer>* skipped = nullptr;
   std::vector<stats::LayerStats> results;  // per layer, final
+  // Rank 0's start-up: process exec -> the Job (loading LibTorch, CUDA and MPI, MPI_Init,
+  // the settings; -1: unknown), then the Job's set-up up to the first forward.
+  double process_start_seconds = -1;
   double setup_seconds = 0;
+  double consistency_seconds = 0;  // of the setup: the fingerprint broadcast and agreement
   double forward_seconds = 0;  // wall time of the forward phase on rank 0's clock
   double allreduce_seconds = 0;
   double total_seconds = 0;
+  WeightsSource weights;
   std::string checkpoint_description;  // empty: no checkpoint written
   std::string checkpoint_sha256;
 };

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "app/run.h"
+#include "app/watchdog.h"
 #include "comm/thread_communicator.h"
 #include "common/error.h"
 #include "common/log.h"
@@ -40,8 +41,9 @@ int main(int argc, char** argv) {
     threads.emplace_back([&, r] {
       log::ThreadIdentity identity("inproc", r, ranks);
       comm::ThreadCommunicator comm(group, r);
+      app::Watchdog watchdog(static_cast<double>(settings.timeout_seconds));
       try {
-        codes[static_cast<size_t>(r)] = static_cast<int>(app::run(settings, comm));
+        codes[static_cast<size_t>(r)] = static_cast<int>(app::run(settings, comm, watchdog));
       } catch (const std::exception& e) {  // a collective failed: no rank can go on
         log::error(e.what());
         std::_Exit(static_cast<int>(ExitCode::kCommunication));

@@ -27,8 +27,9 @@ endfunction()
 
 # ---- correctness against the float64 reference, np = 1, 2, 3, both estimators ------------
 # Most cases run their ranks as threads of one process (bna_inproc_command); the cases in
-# BNA_REAL_MPI run the real executable under mpiexec at every world size.
-set(BNA_REAL_MPI resnet_scripted mlp_two_batches)
+# BNA_REAL_MPI run the real executable under mpiexec at every world size (among them the
+# three of the smoke subset, which the LibTorch 1.13 + ASan stage runs).
+set(BNA_REAL_MPI resnet_scripted mlp_two_batches mlp_scripted mixed_traced double_scripted)
 # case: name kind model data samples batch_size
 set(BNA_CASES
     "resnet_scripted resnet resnet_scripted.pt data_img32.pt 200 16"
@@ -181,6 +182,7 @@ include(${CMAKE_CURRENT_LIST_DIR}/data_tests.cmake)
 include(${CMAKE_CURRENT_LIST_DIR}/reliability_tests.cmake)
 include(${CMAKE_CURRENT_LIST_DIR}/device_tests.cmake)
 include(${CMAKE_CURRENT_LIST_DIR}/zoo_tests.cmake)
+include(${CMAKE_CURRENT_LIST_DIR}/scale_tests.cmake)
 
 # A LibTorch 1.x build given a model that PyTorch 2.x saved with an operator 1.x lacks: exit 4,
 # both versions named, what to do. Needs a torch 2.x Python to write it (BNADAPT_NEWER_PYTHON,

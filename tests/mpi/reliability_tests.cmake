@@ -21,6 +21,22 @@ bna_fault(hang_allreduce 8 "no progress for [0-9]+ s during the all-reduce of th
           1:allreduce:sleep --timeout 3)
 bna_fault(stopped_rank 8 "no progress for [0-9]+ s during" 15 1 1:forward:stop --timeout 3)
 bna_fault(hang_setup 8 "no progress for [0-9]+ s during setup" 15 1 1:setup:sleep --timeout 3)
+# Start-up is watched too (the watchdog starts before MPI, with the command line's --timeout):
+# a rank hung or stopped before MPI initialisation or while reading the settings, and rank 0
+# hung just before writing: exit 8 within --timeout + 10 s, nothing written.
+bna_fault(hang_mpi_init 8 "no progress for [0-9]+ s during MPI initialisation" 13 1
+          1:mpi-init:sleep --timeout 3)
+bna_fault(stopped_mpi_init 8 "no progress for [0-9]+ s during MPI initialisation" 13 1
+          1:mpi-init:stop --timeout 3)
+bna_fault(hang_settings 8 "no progress for [0-9]+ s during reading the settings" 13 1
+          1:settings:sleep --timeout 3)
+bna_fault(stopped_settings 8 "no progress for [0-9]+ s during reading the settings" 13 1
+          1:settings:stop --timeout 3)
+bna_fault(hang_write 8 "no progress for [0-9]+ s during writing the outputs" 13 1
+          0:write:sleep --timeout 3)
+# A rank started from another build: exit 5 naming both, before anything else is exchanged.
+bna_fault(other_build 5 "rank 1 runs bnadapt_dist 0[.]0[.]9 \\(test\\) but rank 0 runs bnadapt_dist [0-9.]+ \\(LibTorch"
+          15 1 "1:version:bnadapt_dist 0.0.9 (test)")
 # Deaths: rank 1 exits, is SIGKILLed or segfaults before the forward passes, during them, or
 # inside the all-reduce: the job fails within 10 s (+ start-up), nothing written, inputs
 # unchanged.

@@ -62,5 +62,5 @@ foreach(line IN LISTS bna_zoo_lines)
                    --weighting samples --runs ${dirs})
   set_tests_properties(check_zoo_${name} PROPERTIES
                        FIXTURES_REQUIRED "bna_zoo_${name};bna_zoo_runs_${name}"
-                       TIMEOUT 600 LABELS "${labels}")
+                       TIMEOUT 1200 LABELS "${labels}")
 endforeach()

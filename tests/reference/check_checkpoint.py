@@ -665,6 +665,41 @@ def check(inp, out, stats, key=None, prefix=None):
     return res
 
 
+_C10_NAMES = {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
+              torch.bfloat16: "BFloat16", torch.int64: "Long", torch.int32: "Int"}
+
+
+def weights_sha256(tensors):
+    """The tool's SHA-256 of a state_dict (checkpoint/weights.h weightsSha256): per tensor in name
+    order, name NUL c10-dtype-name [shape] NUL, then its raw bytes."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        shape = "[" + ", ".join(str(s) for s in t.shape) + "]"
+        h.update(f"{name}\0{_C10_NAMES[t.dtype]}{shape}\0".encode())
+        h.update(tensor_bytes(t))
+    return h.hexdigest()
+
+
+def check_weights_report(report_path, inp, key, prefix, res):
+    """The report's "weights": from the checkpoint IN, the dict at KEY with PREFIX, the number
+    of its tensors under PREFIX and their SHA-256 as the tool computes it."""
+    with open(report_path) as f:
+        w = json.load(f).get("weights", {})
+    if inp.endswith(".safetensors"):
+        _, header, body = read_safetensors(inp)
+        d = {n: st_tensor(header, body, n) for n in header if n != "__metadata__"}
+    else:
+        d, _ = _navigate(torch.load(inp, map_location="cpu", weights_only=False), key or "")
+    sd = {k[len(prefix):]: v for k, v in d.items()
+          if isinstance(v, torch.Tensor) and k.startswith(prefix)}
+    want = {"from": "checkpoint", "file": inp, "dict": key or "", "prefix": prefix,
+            "tensors": len(sd), "sha256": weights_sha256(sd)}
+    for field, value in want.items():
+        if w.get(field) != value:
+            res.fail(report_path, f"weights.{field} is {w.get(field)!r}, expected {value!r}")
+
+
 def fixture_location(fixdir, inp):
     """(key, prefix) recorded in FIXDIR/checkpoints.json for basename(IN), or (None, None)."""
     with open(os.path.join(fixdir, "checkpoints.json")) as f:
@@ -971,6 +1006,8 @@ def main(argv=None):
     ap.add_argument("--key", "--prefix-path", dest="key", default=None)
     ap.add_argument("--prefix", default=None)
     ap.add_argument("--fixtures", help="FIXDIR with checkpoints.json (key / prefix of IN by basename)")
+    ap.add_argument("--weights-report", metavar="REPORT",
+                    help="the run's report.json: its \"weights\" must name IN's dict and hash")
     ap.add_argument("--selftest", metavar="FIXDIR")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
@@ -985,6 +1022,8 @@ def main(argv=None):
         key = fk if key is None else key
         prefix = fp if prefix is None else prefix
     res = check(args.inp, args.out, args.stats, key=key, prefix=prefix)
+    if args.weights_report:
+        check_weights_report(args.weights_report, args.inp, key, prefix or "", res)
     for n in res.notes:
         print(n)
     for f in res.failures:

@@ -179,7 +179,7 @@ def check_stats(chk, where, stats, ref, weighting, model_sd, tols):
 
 def check_load_state_dict(chk, where, stats, eager):
     try:
-        res = eager.load_state_dict(stats, strict=False)
+        res = models.load_state(eager, stats, strict=False)
     except Exception as e:  # size mismatch and the like
         chk.fail(where, f"model.load_state_dict(stats, strict=False) failed: {_exc(e)}")
         return
@@ -259,6 +259,16 @@ def check_report(chk, where, path, run_dir, ref, weighting, left_alone):
                    f"says np={m.group(1)}")
     chk.expect(rep.get("estimator") == weighting, where,
                f"report estimator = {rep.get('estimator')!r}, expected {weighting!r}")
+    # Start-up: process exec -> Job, the Job's set-up, and their sum (exec -> first forward).
+    t = rep.get("timings") or {}
+    keys = ("process_start_to_job_seconds", "setup_seconds", "startup_seconds", "total_seconds")
+    if chk.expect(all(isinstance(t.get(k), (int, float)) for k in keys), where,
+                  f"report timings lack one of {keys}: {t!r}"):
+        chk.expect(0 < t["process_start_to_job_seconds"] < 600 and t["setup_seconds"] > 0,
+                   where, f"report start-up times out of range: {t!r}")
+        chk.expect(abs(t["startup_seconds"] - t["process_start_to_job_seconds"]
+                       - t["setup_seconds"]) < 1e-6, where,
+                   f"report startup_seconds is not exec -> job + set-up: {t!r}")
     layers = rep.get("layers")
     if not chk.expect(isinstance(layers, list), where, f"report layers = {type(layers).__name__}, "
                       "expected a list"):
@@ -357,9 +367,9 @@ def main(argv=None):
         y_noise = 0.0  # the forward error that the low-precision references themselves cause
         scale = max(y_ref.abs().max().item(), 1e-12)
         for low in lows:
-            eager.load_state_dict(reference.as_stats_dict(low, args.weighting, dtype), strict=False)
+            models.load_state(eager, reference.as_stats_dict(low, args.weighting, dtype), strict=False)
             y_noise = max(y_noise, (eager(x) - y_ref).abs().max().item() / scale)
-        eager.load_state_dict(model_sd)
+        models.load_state(eager, model_sd)
         y_stale = eager(x)
     forward_tol = max(args.forward_tol, args.noise_margin * y_noise)
     loosened = [(n, noise[n], tols[n]) for n, _ in ref.layers if max(tols[n]) > args.tol]
@@ -389,7 +399,7 @@ def main(argv=None):
             w = check_stats(chk, where, stats, ref, args.weighting, model_sd, tols)
             worst_ref = (max(worst_ref[0], w[0]), max(worst_ref[1], w[1]))
             if isinstance(stats, dict):
-                eager.load_state_dict(model_sd)
+                models.load_state(eager, model_sd)
                 check_load_state_dict(chk, where, stats, eager)
         if os.path.isfile(paths["out.pt"]):
             r = check_out_model(chk, where, paths["out.pt"], stats, ref, model_sd, modes_in, x, y_ref, y_stale,

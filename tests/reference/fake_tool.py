@@ -41,6 +41,7 @@ MUTATIONS = (
     "world_size",      # report world_size off by one
     "estimator",       # report estimator of the other weighting
     "report_layers",   # report misses a layer
+    "startup_sum",     # report startup_seconds is not exec -> job + set-up
     "rank_local",      # BN normalises shards with rank-local statistics (no sync)
     "train_mode",      # out.pt saved with its BN layers left in train mode
 )
@@ -198,6 +199,9 @@ def run_fake(kind, model_path, data_path, samples, batch_size, weighting, world,
         "batches": nb,
         "layers": [{"name": n, "channels": c} for n, c in layers[(1 if mutate == "report_layers" else 0):]],
         "generator": "fake_tool.py",
+        "timings": {"process_start_to_job_seconds": 1.25, "setup_seconds": 0.5,
+                    "startup_seconds": 1.75 + (1.0 if mutate == "startup_sum" else 0.0),
+                    "total_seconds": 3.0},
     }
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=1)

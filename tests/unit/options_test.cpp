@@ -24,7 +24,9 @@ TEST(Options, FlagsAndKeysAreUnique) {
   std::set<std::string> flags, keys;
   for (const Option& o : options()) {
     EXPECT_TRUE(flags.insert(o.flag).second) << o.flag;
-    if (!o.key.empty()) EXPECT_TRUE(keys.insert(o.key).second) << o.key;
+    if (!o.key.empty()) {
+      EXPECT_TRUE(keys.insert(o.key).second) << o.key;
+    }
     EXPECT_FALSE(o.help.empty()) << o.flag;
     EXPECT_EQ(o.metavar.empty(), o.type == OptionType::kBool) << o.flag;
     EXPECT_EQ(o.choices.empty(), o.type != OptionType::kChoice) << o.flag;
@@ -35,9 +37,11 @@ TEST(Options, FlagsAndKeysAreUnique) {
 // Passing an option's documented default on the command line changes nothing: the help
 // text and the Settings initialiser cannot drift apart.
 TEST(Options, DefaultsRoundTripThroughTheirParser) {
-  // --skip-corrupt: --max-skip-fraction applies only with it.
-  const std::vector<std::string> required = {"--model", "m.pt",      "--data",       "synthetic",
-                                             "--samples", "8",      "--skip-corrupt"};
+  // Options that others need: --max-skip-fraction applies only with --skip-corrupt, and
+  // --weights-from only with --checkpoint.
+  const std::vector<std::string> required = {
+      "--model",        "m.pt", "--data",       "synthetic", "--samples",           "8",
+      "--skip-corrupt", "--checkpoint", "c.pt", "--checkpoint-output", "o.pt"};
   const Settings base = parseSettings(required);
   for (const Option& o : options()) {
     const std::string def = defaultText(o);
@@ -51,7 +55,11 @@ TEST(Options, DefaultsRoundTripThroughTheirParser) {
 }
 
 TEST(Options, UsageListsEveryOptionWithItsDefault) {
-  const std::string text = usage();
+  std::string text = usage();
+  // Wrapped lines joined, so that "default X" is found across a line break.
+  for (std::size_t at; (at = text.find("\n                        ")) != std::string::npos;) {
+    text.replace(at, 25, " ");
+  }
   for (const Option& o : options()) {
     EXPECT_NE(text.find("  --" + o.flag + (o.metavar.empty() ? "" : " " + o.metavar)),
               std::string::npos)
