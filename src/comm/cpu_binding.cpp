@@ -5,7 +5,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <thread>
 
 namespace bnadapt::comm {
@@ -30,7 +33,77 @@ std::string bindingFix(const EnvLookup& env, int want) {
          "launcher's binding option)";
 }
 
+// The first line of `path`, or nullopt.
+std::optional<std::string> firstLine(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  if (!in || !std::getline(in, line)) return std::nullopt;
+  return line;
+}
+
+// The cpuset of this process's cgroup: v2 ("0::/path"), then v1 ("N:cpuset:/path").
+std::optional<std::vector<int>> cgroupCpus() {
+  std::ifstream groups("/proc/self/cgroup");
+  std::string line;
+  std::vector<std::string> candidates;
+  while (std::getline(groups, line)) {
+    if (line.rfind("0::", 0) == 0) {
+      const std::string path = line.substr(3);
+      candidates.push_back("/sys/fs/cgroup" + path + "/cpuset.cpus.effective");
+    } else if (const size_t at = line.find(":cpuset:"); at != std::string::npos) {
+      const std::string path = line.substr(at + 8);
+      candidates.push_back("/sys/fs/cgroup/cpuset" + path + "/cpuset.effective_cpus");
+      candidates.push_back("/sys/fs/cgroup/cpuset" + path + "/cpuset.cpus");
+    }
+  }
+  for (const std::string& file : candidates) {
+    if (const auto text = firstLine(file)) {
+      if (auto cpus = parseCpuList(*text); cpus && !cpus->empty()) return cpus;
+    }
+  }
+  return std::nullopt;
+}
+
 }  // namespace
+
+std::optional<std::vector<int>> parseCpuList(const std::string& text) {
+  std::vector<int> cpus;
+  std::stringstream in(text);
+  std::string part;
+  while (std::getline(in, part, ',')) {
+    part.erase(std::remove_if(part.begin(), part.end(),
+                              [](unsigned char ch) { return std::isspace(ch) != 0; }),
+               part.end());
+    if (part.empty()) continue;
+    const size_t dash = part.find('-');
+    try {
+      size_t used = 0;
+      const int lo = std::stoi(part.substr(0, dash), &used);
+      if (used != (dash == std::string::npos ? part.size() : dash)) return std::nullopt;
+      int hi = lo;
+      if (dash != std::string::npos) {
+        hi = std::stoi(part.substr(dash + 1), &used);
+        if (used != part.size() - dash - 1) return std::nullopt;
+      }
+      if (lo < 0 || hi < lo || hi >= CPU_SETSIZE) return std::nullopt;
+      for (int c = lo; c <= hi; ++c) cpus.push_back(c);
+    } catch (const std::exception&) {
+      return std::nullopt;
+    }
+  }
+  std::sort(cpus.begin(), cpus.end());
+  cpus.erase(std::unique(cpus.begin(), cpus.end()), cpus.end());
+  return cpus;
+}
+
+std::vector<int> nodeCpus() {
+  if (auto cpus = cgroupCpus()) return *cpus;
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  if (n <= 0) n = std::max(1u, std::thread::hardware_concurrency());
+  std::vector<int> all(static_cast<size_t>(n));
+  for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int>(i);
+  return all;
+}
 
 int nodeShare(const CoreCounts& counts) {
   return std::max(1, counts.online / std::max(1, counts.local_ranks));
@@ -74,16 +147,34 @@ int allowedCores() {
   return onlineCores();
 }
 
-int onlineCores() {
-  const long n = sysconf(_SC_NPROCESSORS_ONLN);
-  if (n > 0) return static_cast<int>(n);
-  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+int onlineCores() { return static_cast<int>(nodeCpus().size()); }
+
+std::string describeCpus(int first, int count) {
+  const std::vector<int> cpus = nodeCpus();
+  std::string out;
+  for (int i = first; i < first + count && i < static_cast<int>(cpus.size()); ++i) {
+    const int lo = cpus[static_cast<size_t>(i)];
+    int j = i;
+    while (j + 1 < first + count && j + 1 < static_cast<int>(cpus.size()) &&
+           cpus[static_cast<size_t>(j + 1)] == cpus[static_cast<size_t>(j)] + 1) {
+      ++j;
+    }
+    if (!out.empty()) out += ",";
+    out += std::to_string(lo);
+    if (j > i) out += "-" + std::to_string(cpus[static_cast<size_t>(j)]);
+    i = j;
+  }
+  return out;
 }
 
 bool setProcessAffinity(int first, int count) {
+  const std::vector<int> cpus = nodeCpus();
   cpu_set_t set;
   CPU_ZERO(&set);
-  for (int c = first; c < first + count && c < CPU_SETSIZE; ++c) CPU_SET(c, &set);
+  for (int i = first; i < first + count && i < static_cast<int>(cpus.size()); ++i) {
+    CPU_SET(cpus[static_cast<size_t>(i)], &set);
+  }
+  if (CPU_COUNT(&set) == 0) return false;
   // Threads started so far (MPI's progress threads) and, through inheritance, every later one.
   bool ok = true;
   if (DIR* dir = opendir("/proc/self/task")) {

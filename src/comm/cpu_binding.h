@@ -5,7 +5,8 @@
 // its CPU affinity allows with the threads it will run (intra-op + data, capped at its share
 // of the node: online cores / ranks on the node) and
 //   - keeps its binding when that is enough;
-//   - widens it to its node share (cores [local_rank * share, (local_rank + 1) * share)) when
+//   - widens it to its node share (the node's cores [local_rank * share, (local_rank + 1) *
+//     share), counted in the CPUs its cgroup allows, so containers and SLURM jobs work) when
 //     the binding is the launcher's default, not a request: Open MPI set it
 //     (OMPI_MCA_orte_bound_at_launch) and neither --bind-to nor --map-by was given
 //     (OMPI_MCA_hwloc_base_binding_policy, OMPI_MCA_rmaps_base_mapping_policy unset);
@@ -15,7 +16,9 @@
 // planBinding is pure (environment and counts in, plan out) so units test it.
 #pragma once
 
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "comm/launch_check.h"
 
@@ -42,13 +45,23 @@ int nodeShare(const CoreCounts& counts);
 // `intra_op` and `data`: the threads the rank will run.
 BindingPlan planBinding(const EnvLookup& env, const CoreCounts& counts, int intra_op, int data);
 
+// "0-3,8,10-11" (the kernel's CPU list format) -> {0,1,2,3,8,10,11}; nullopt when malformed.
+std::optional<std::vector<int>> parseCpuList(const std::string& text);
+
+// The node's CPUs this process may be given: its cgroup's effective cpuset (v2, then v1:
+// a container's or a SLURM job's CPUs), else every online CPU (sysconf).
+std::vector<int> nodeCpus();
+
 // The cores this process's calling thread may run on (sched_getaffinity), and the node's
-// online cores (sysconf).
+// (nodeCpus().size()).
 int allowedCores();
 int onlineCores();
 
-// Sets the CPU affinity of every thread of this process to cores [first, first + count).
+// Sets the CPU affinity of every thread of this process to nodeCpus()[first, first + count).
 // False (nothing changed for the threads that failed) when the kernel refuses.
 bool setProcessAffinity(int first, int count);
+
+// "0-1" or "4,6": the CPU ids of nodeCpus()[first, first + count), for the log.
+std::string describeCpus(int first, int count);
 
 }  // namespace bnadapt::comm

@@ -1,6 +1,8 @@
 #include "comm/cpu_binding.h"
 
+#include <algorithm>
 #include <map>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -46,7 +48,7 @@ TEST(CpuBinding, UserBindingGetsOneWarningNamingTheFix) {
   ASSERT_EQ(plan.action, BindingPlan::Action::kWarn);
   EXPECT_NE(plan.message.find("2 intra-op + 1 data thread(s) on 1 core(s)"), std::string::npos)
       << plan.message;
-    EXPECT_NE(plan.message.find("--map-by slot:PE=2"), std::string::npos) << plan.message;
+  EXPECT_NE(plan.message.find("--map-by slot:PE=2"), std::string::npos) << plan.message;
   EXPECT_NE(plan.message.find("--bind-to none"), std::string::npos) << plan.message;
   plan = planBinding(lookup(with(kMpirunDefault, {{"OMPI_MCA_rmaps_base_mapping_policy",
                                                    "socket"}})),
@@ -82,6 +84,20 @@ TEST(CpuBinding, OversubscribedNodesAskForOneCore) {
 TEST(CpuBinding, ThisProcessHasCores) {
   EXPECT_GE(allowedCores(), 1);
   EXPECT_GE(onlineCores(), allowedCores());
+  const std::vector<int> cpus = nodeCpus();
+  ASSERT_FALSE(cpus.empty());
+  EXPECT_TRUE(std::is_sorted(cpus.begin(), cpus.end()));
+  EXPECT_EQ(describeCpus(0, static_cast<int>(cpus.size())).empty(), false);
+}
+
+TEST(CpuBinding, CpuListsParseAsTheKernelWritesThem) {
+  EXPECT_EQ(parseCpuList("0-3,8,10-11\n"), (std::vector<int>{0, 1, 2, 3, 8, 10, 11}));
+  EXPECT_EQ(parseCpuList("5"), (std::vector<int>{5}));
+  EXPECT_EQ(parseCpuList("2-3,0-1"), (std::vector<int>{0, 1, 2, 3}));  // sorted, deduplicated
+  EXPECT_EQ(parseCpuList(""), (std::vector<int>{}));
+  for (const char* bad : {"a", "1-", "-1", "3-1", "1x", "0-2y", "1,,x"}) {
+    EXPECT_FALSE(parseCpuList(bad).has_value()) << bad;
+  }
 }
 
 }  // namespace
