@@ -1,5 +1,8 @@
 #include "app/fault_injection.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -17,6 +20,19 @@ namespace {
 std::atomic<int> g_rank{-1};  // the rank io's write points report as
 
 void ioFaultPoint(const char* point) { maybeInjectFault(point, g_rank.load()); }
+
+// BNADAPT_FAULT_RECORD=PATH: appends "RANK PHASE ACTION" to PATH (fsynced) before the action,
+// so that a test knows the fault fired even when the launcher drops the log line of a
+// process it saw die (Open MPI may not drain a SIGKILLed rank's stderr).
+void recordFault(const char* phase, int rank, const std::string& action) {
+  const char* path = std::getenv("BNADAPT_FAULT_RECORD");
+  if (path == nullptr || *path == '\0') return;
+  const int fd = ::open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (fd < 0) return;
+  const std::string line = std::to_string(rank) + " " + phase + " " + action + "\n";
+  if (::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size())) ::fsync(fd);
+  ::close(fd);
+}
 
 }  // namespace
 
@@ -37,6 +53,7 @@ void maybeInjectFault(const char* phase, int rank) {
   if (std::to_string(rank) != s.substr(0, a) || s.substr(a + 1, b - a - 1) != phase) return;
   const std::string action = s.substr(b + 1);
   log::warn("BNADAPT_FAULT: injecting '", action, "' in phase ", phase);
+  recordFault(phase, rank, action);
   if (action == "sleep") std::this_thread::sleep_for(std::chrono::hours(1));
   if (action == "exit") std::_Exit(42);
   if (action == "stop") std::raise(SIGSTOP);

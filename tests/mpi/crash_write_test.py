@@ -17,7 +17,9 @@ report.json and --checkpoint-output ckpt.pt (+ ckpt.pt.sha256) into its own fold
    `-n 1` (for time: the write phase runs on rank 0 only, and the 2-rank runs also show the
    other rank is taken down). Odd repetitions start with prev's complete outputs already at
    the targets (run with --overwrite where the tool has it). After each run:
-     - the job exited non-zero within --within seconds, and rank 0 logged the injection;
+     - the job exited non-zero within --within seconds, and rank 0 recorded the injection
+       (BNADAPT_FAULT_RECORD, fsynced before the kill: Open MPI may drop the log line of a
+       rank it saw die by SIGKILL);
      - the folder holds nothing but the five target names (no temp, whatever its name);
      - every target is absent or complete: byte-identical to prev's file (only where prev's
        outputs were put there) or to new's (of the same world size; report.json: loads and
@@ -86,8 +88,12 @@ class Runner:
     def run(self, np, folder, samples, fault=None):
         env = dict(os.environ)
         env.pop("BNADAPT_FAULT", None)
+        env.pop("BNADAPT_FAULT_RECORD", None)
         if fault:
             env["BNADAPT_FAULT"] = fault
+            env["BNADAPT_FAULT_RECORD"] = record_path(folder)
+            if os.path.exists(record_path(folder)):
+                os.remove(record_path(folder))
         t0 = time.monotonic()
         try:
             proc = subprocess.run(self.command(np, folder, samples), env=env,
@@ -97,6 +103,19 @@ class Runner:
         except subprocess.TimeoutExpired as e:
             rc, err = "timeout", (e.stderr or b"").decode(errors="replace")
         return rc, time.monotonic() - t0, err
+
+
+def record_path(folder):
+    """Where the tool records a fault that fired: next to the run's folder, not in it."""
+    return os.path.normpath(folder) + ".fault"
+
+
+def fired(folder, line):
+    try:
+        with open(record_path(folder)) as f:
+            return line in f.read().splitlines()
+    except OSError:
+        return False
 
 
 def load_check(path, name):
@@ -239,8 +258,11 @@ def main():
                 problems.append(f"exit status {rc}, expected a failure")
             if elapsed > a.within:
                 problems.append(f"took {elapsed:.1f}s, limit {a.within}s")
-            if f"injecting 'kill' in phase {point}" not in err:
-                problems.append("rank 0 never reached the fault point (no injection logged)")
+            # The record file (fsynced before the kill) is the evidence; the log line may be
+            # lost: Open MPI need not drain the stderr of a rank it saw die by SIGKILL.
+            if not fired(folder, f"0 {point} kill"):
+                problems.append("rank 0 never reached the fault point (nothing recorded in "
+                                f"{record_path(folder)})")
             states, folder_problems = check_folder(folder, prev, new, np, with_prev)
             problems += folder_problems
             for p, digest in input_hashes.items():
@@ -265,7 +287,7 @@ def main():
         problems = []
         if rc == 0 or rc == "timeout" or elapsed > a.within:
             problems.append(f"exit status {rc} after {elapsed:.1f}s, expected a failure")
-        if "injecting 'kill' in phase write-linked" not in err:
+        if not fired(folder, "0 write-linked kill"):
             problems.append("rank 0 never reached write-linked")
         states, fp = check_folder(folder, prev, new, 1, True, allowed_extra=TEMP_RE)
         problems += fp
