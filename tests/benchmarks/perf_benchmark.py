@@ -3,7 +3,7 @@
 
 Usage:
   perf_benchmark.py BUILD_DIR [--out DIR] [--repeat 3] [--samples 256] [--batch-size 32]
-                    [--size 112] [--models resnet18 mobilenet_v2] [--quick]
+                    [--size 112] [--models resnet18 mobilenet_v2 efficientnet_b0] [--quick]
 
 The anchor is what a user would run instead: precise BN in PyTorch on the same TorchScript
 file (BN modules in train mode, the rest eval, 2 intra-op threads, forward passes under
@@ -139,7 +139,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("build")
     ap.add_argument("--out", default=None)
-    ap.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2"])
+    ap.add_argument("--models", nargs="+",
+                    default=["resnet18", "mobilenet_v2", "efficientnet_b0"])
     ap.add_argument("--samples", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--size", type=int, default=112)
