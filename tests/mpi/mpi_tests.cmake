@@ -89,6 +89,14 @@ foreach(case IN LISTS BNA_CASES)
   endforeach()
 endforeach()
 
+# ---- cores per rank under real launches: the default binding widened, one warning otherwise -
+add_test(NAME launch_binding
+         COMMAND ${BNADAPT_PYTHON} ${BNA_SRC_TESTS}/mpi/binding_test.py
+                 --tool $<TARGET_FILE:bnadapt_dist> --mpiexec ${MPIEXEC_EXECUTABLE}
+                 --model ${BNA_FIX}/mlp_scripted.pt --data ${BNA_FIX}/data_vec48.pt)
+set_tests_properties(launch_binding PROPERTIES FIXTURES_REQUIRED bna_fixtures
+                     ENVIRONMENT "${BNA_MPI_ENV}" TIMEOUT 300 LABELS "mpi;smoke")
+
 # ---- bad input: documented exit code, one clear line, nothing written ---------------------
 set(BNA_BAD ${BNA_RUNS}/bad)
 file(MAKE_DIRECTORY ${BNA_BAD})
