@@ -44,6 +44,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -94,6 +95,11 @@ class Runner:
             env["BNADAPT_FAULT_RECORD"] = record_path(folder)
             if os.path.exists(record_path(folder)):
                 os.remove(record_path(folder))
+        # A session directory of its own: runs that are SIGKILLed, and runs started two at a
+        # time, otherwise share /tmp/ompi.HOST.UID, and Open MPI 4.1's mpirun then fails in
+        # orte_init now and then ("orte_session_dir failed") before any rank starts.
+        session = tempfile.mkdtemp(prefix="bna-ompi-")
+        env["OMPI_MCA_orte_tmpdir_base"] = session
         t0 = time.monotonic()
         try:
             proc = subprocess.run(self.command(np, folder, samples), env=env,
@@ -102,6 +108,8 @@ class Runner:
             rc, err = proc.returncode, proc.stderr
         except subprocess.TimeoutExpired as e:
             rc, err = "timeout", (e.stderr or b"").decode(errors="replace")
+        finally:
+            shutil.rmtree(session, ignore_errors=True)
         return rc, time.monotonic() - t0, err
 
 
