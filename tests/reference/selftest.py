@@ -3,7 +3,8 @@
 
   1. budget(): round-half-up of S/B, at least B, at most N.
   2. reference vs a hand-written numpy float64 forward of the mlp and the reuse model
-     (plain concatenation + np.var(ddof=1), no Chan merging, no hooks).
+     (plain concatenation + np.var(ddof=1), no Chan merging, no hooks; "batches": every call
+     of a BN layer is one batch observation, so reuse's bn observes two per global batch).
   3. reference vs torch's own train-mode BatchNorm (momentum=1: after each global batch the
      running buffers hold that batch's mean and unbiased var) for resnet (scripted, traced),
      mixed (scripted, traced); partial last batches included.
@@ -78,11 +79,12 @@ def _bn_np(h, sd, name):
     return (h - mean) / np.sqrt(var + 1e-5) * sd[f"{name}.weight"] + sd[f"{name}.bias"]
 
 
-def _np_stats(per_batch):
-    """per_batch: list of [n_b, C] arrays -> {weighting: (mean, var)} by plain numpy."""
-    allx = np.concatenate(per_batch, 0)
-    means = np.stack([b.mean(0) for b in per_batch])
-    vars_ = np.stack([b.var(0, ddof=1) for b in per_batch])
+def _np_stats(per_call):
+    """per_call: list of [n_b, C] arrays, one per call of the layer (a layer called twice in
+    a forward gives two per global batch) -> {weighting: (mean, var)} by plain numpy."""
+    allx = np.concatenate(per_call, 0)
+    means = np.stack([b.mean(0) for b in per_call])
+    vars_ = np.stack([b.var(0, ddof=1) for b in per_call])
     bm = means.mean(0)
     return {"samples": (allx.mean(0), allx.var(0, ddof=1)),
             "batches": (bm, (vars_ + means ** 2).mean(0) - bm ** 2)}
@@ -106,12 +108,13 @@ def test_manual(fx):
             else:
                 h1 = lin(x, "fc1")
                 h2 = lin(np.maximum(_bn_np(h1, sd, "bn"), 0), "fc2")
-                caps.setdefault("bn", []).append(np.concatenate([h1, h2], 0))  # both calls pooled
+                # Two calls, two batch observations ("samples" pools them all anyway).
+                caps.setdefault("bn", []).extend([h1, h2])
         ref = reference.compute_reference(kind, path, os.path.join(fx, "data_vec48.pt"), S, B)
         expect(ref.num_batches == nb and ref.used == used, f"{kind}: batches {ref.num_batches}/{nb}")
         worst = 0.0
-        for name, per_batch in caps.items():
-            manual = _np_stats(per_batch)
+        for name, per_call in caps.items():
+            manual = _np_stats(per_call)
             for w in reference.WEIGHTINGS:
                 m, v, nbt = ref.stats[w][name]
                 e = max((np.abs(m.numpy() - manual[w][0]) / np.sqrt(manual[w][1])).max(),
