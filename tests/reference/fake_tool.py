@@ -5,8 +5,10 @@ It emulates K ranks with K threads in float32: every global batch is split into 
 shards, each thread forwards its shard through an eager copy of the model whose adapted BN
 layers are replaced by a synchronised BN (per-channel count/mean/M2 of every shard are
 combined in rank order behind a barrier, then each shard is normalised with the global batch
-statistics; BN layers with track_running_stats=False are synced the same way but not adapted). Statistics are accumulated in float64, and it writes out.pt, stats.pt and
-report.json like the tool does.
+statistics; BN layers with track_running_stats=False are synced the same way but not adapted).
+Statistics are accumulated in float64, one batch observation per call of a layer (a layer
+called twice in a forward observes each global batch twice: two equal-weight observations
+under --weighting batches), and it writes out.pt, stats.pt and report.json like the tool does.
 
   fake_tool.py --kind mlp --model M.pt --data D.pt --samples S --batch-size B
                --weighting samples --world-size 2 --out-dir DIR [--mutate NAME]
@@ -74,7 +76,7 @@ class SyncBNEmu(nn.Module):
             g.merge(sn, smean, sm2)
         self.sync.barrier.wait()  # slots may be reused by the next call
         if self.rank == 0 and self.acc is not None:
-            self.acc.merge(g.n, g.mean, g.m2)
+            self.acc.append(g)  # this call's global-batch moments: one batch observation
         if self.rank_local:
             g_mean, g_var = mean, m2 / n
         else:
@@ -102,7 +104,7 @@ def run_fake(kind, model_path, data_path, samples, batch_size, weighting, world,
     base = models.eager_from_state_dict(kind, sd)
     layers = [(n, m.num_features) for n, m in models.bn_layers(base)]
     sync = {n: _Sync(world) for n, _ in models.bn_layers(base, tracked_only=False)}
-    per_batch = {n: [] for n, _ in layers}
+    per_call = {n: [] for n, _ in layers}  # one _Moments per call of the layer, in call order
     current = {}
     replicas = []
     for r in range(world):
@@ -126,7 +128,7 @@ def run_fake(kind, model_path, data_path, samples, batch_size, weighting, world,
         lo, hi = b * batch_size, min((b + 1) * batch_size, used)
         bounds = [lo + (hi - lo) * r // world for r in range(world + 1)]
         for n, _ in layers:
-            current[n] = reference._Moments()
+            current[n] = []
             for rep in replicas:
                 rep.get_submodule(n).acc = current[n]
         errors = []
@@ -139,19 +141,19 @@ def run_fake(kind, model_path, data_path, samples, batch_size, weighting, world,
         if errors:
             raise errors[0]
         for n, _ in layers:
-            per_batch[n].append(current[n])
+            per_call[n].extend(current[n])
 
     w_used = {"samples": "batches", "batches": "samples"}[weighting] if mutate == "other_weighting" else weighting
     stats = {}
     for n, c in layers:
         if w_used == "samples":
             t = reference._Moments()
-            for mo in per_batch[n]:
+            for mo in per_call[n]:
                 t.merge(mo.n, mo.mean, mo.m2)
             mean, var = t.mean, t.m2 / (t.n - 1)
         else:
-            means = torch.stack([mo.mean for mo in per_batch[n]])
-            vars_ = torch.stack([mo.m2 / (mo.n - 1) for mo in per_batch[n]])
+            means = torch.stack([mo.mean for mo in per_call[n]])
+            vars_ = torch.stack([mo.m2 / (mo.n - 1) for mo in per_call[n]])
             mean = means.mean(0)
             var = (vars_ + means ** 2).mean(0) - mean ** 2
         old = sd[f"{n}.num_batches_tracked"]
@@ -197,7 +199,8 @@ def run_fake(kind, model_path, data_path, samples, batch_size, weighting, world,
                       if mutate == "estimator" else weighting),
         "samples_used": used,
         "batches": nb,
-        "layers": [{"name": n, "channels": c} for n, c in layers[(1 if mutate == "report_layers" else 0):]],
+        "layers": [{"name": n, "channels": c, "batch_observations": len(per_call[n])}
+                   for n, c in layers[(1 if mutate == "report_layers" else 0):]],
         "generator": "fake_tool.py",
         "timings": {"process_start_to_job_seconds": 1.25, "setup_seconds": 0.5,
                     "startup_seconds": 1.75 + (1.0 if mutate == "startup_sum" else 0.0),
