@@ -8,7 +8,8 @@ combined in rank order behind a barrier, then each shard is normalised with the 
 statistics; BN layers with track_running_stats=False are synced the same way but not adapted).
 Statistics are accumulated in float64, one batch observation per call of a layer (a layer
 called twice in a forward observes each global batch twice: two equal-weight observations
-under --weighting batches), and it writes out.pt, stats.pt and report.json like the tool does.
+under --weighting batches), and it writes out.pt, stats.pt and report.json like the tool does,
+including skipped_layers for the modules the tool leaves alone.
 
   fake_tool.py --kind mlp --model M.pt --data D.pt --samples S --batch-size B
                --weighting samples --world-size 2 --out-dir DIR [--mutate NAME]
@@ -18,6 +19,7 @@ under --weighting batches), and it writes out.pt, stats.pt and report.json like 
 import argparse
 import json
 import os
+import re
 import sys
 import threading
 
@@ -87,6 +89,39 @@ class SyncBNEmu(nn.Module):
         if self.bn.affine:
             y = y * self.bn.weight.view(shape) + self.bn.bias.view(shape)
         return y
+
+
+_BN_KIND = re.compile(r"^(Sync)?BatchNorm(Act)?([123]d)?$")
+
+
+def _skipped_layers(script_model, adapted):
+    """The tool's skipped_layers, by its rules (src/model/adaptable_model.cpp leftAlone), read
+    off the TorchScript module: every module not adapted that owns tensor running_mean and
+    running_var (unreached without a forward, frozen, else not observable), or a BatchNorm
+    without running buffers (track_running_stats=False)."""
+    out = []
+    for name, m in script_model.named_modules():
+        name = name or "<root>"
+        if name in adapted:
+            continue
+        kind = m.original_name
+        mean = getattr(m, "running_mean", None) if hasattr(m, "running_mean") else "absent"
+        var = getattr(m, "running_var", None) if hasattr(m, "running_var") else "absent"
+        if isinstance(mean, torch.Tensor) and isinstance(var, torch.Tensor):
+            if not hasattr(m, "forward"):
+                cat, why = "unreached", "the forward never reaches it: statistics left unchanged"
+            elif "Frozen" in kind:
+                cat, why = "frozen", "frozen by design: normalises with fixed running statistics"
+            else:
+                cat, why = "not observable", ("owns running_mean/running_var, but no forward graph "
+                                              "hands them to batch_norm")
+        elif (mean is None and "InstanceNorm" not in kind) or (_BN_KIND.match(kind) and
+                                                              not isinstance(mean, torch.Tensor)):
+            cat, why = "track_running_stats=False", "track_running_stats=False (no running buffers)"
+        else:
+            continue
+        out.append({"name": name, "kind": kind, "category": cat, "reason": why})
+    return out
 
 
 def _replace(model, name, new):
@@ -171,6 +206,7 @@ def run_fake(kind, model_path, data_path, samples, batch_size, weighting, world,
 
     os.makedirs(out_dir, exist_ok=True)
     out = torch.jit.load(model_path, map_location="cpu")
+    skipped = _skipped_layers(out, {n for n, _ in layers})
     if mutate != "stale_out":
         live = dict(out.named_buffers())
         with torch.no_grad():
@@ -201,6 +237,13 @@ def run_fake(kind, model_path, data_path, samples, batch_size, weighting, world,
         "batches": nb,
         "layers": [{"name": n, "channels": c, "batch_observations": len(per_call[n])}
                    for n, c in layers[(1 if mutate == "report_layers" else 0):]],
+        "unused_layers": [],
+        "skipped_layers": skipped,
+        "layer_counts": {"adapted": len(layers), "left_alone": len(skipped),
+                         "left_alone_by_reason": ", ".join(
+                             f"{c} x{sum(e['category'] == c for e in skipped)}"
+                             for c in dict.fromkeys(e["category"] for e in skipped)),
+                         "unreached": 0},
         "generator": "fake_tool.py",
         "timings": {"process_start_to_job_seconds": 1.25, "setup_seconds": 0.5,
                     "startup_seconds": 1.75 + (1.0 if mutate == "startup_sum" else 0.0),
