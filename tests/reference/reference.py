@@ -22,8 +22,11 @@ Semantics (the tool's contract):
     samples: mean = sum x / n, var = unbiased variance over all n elements;
     batches: per batch b mean_b and unbiased var_b; mean = avg_b mean_b,
              var = avg_b (var_b + mean_b^2) - mean^2.
-  Calls of one layer within one global batch are pooled into that batch's statistics. A layer
-  no batch calls is unreached: not in .layers, listed in .unreached.
+  Every call of a layer is one batch observation: under samples, all calls' values are pooled;
+  under batches, a layer called twice per forward contributes two observations per global
+  batch (as momentum=None running averages count them; num_batches_tracked still counts the
+  global batches once). A layer no batch calls is unreached: not in .layers, listed in
+  .unreached.
   num_batches_tracked = old + number of global batches.
 """
 import argparse
