@@ -256,6 +256,11 @@ say "srun job: outputs equal the mpirun run (bn_stats.pt, model.pt byte-equal; r
 
 # ---- 2. requeue the finished job: it reruns, same outputs, log appended ---------------------
 before=$(stat -c %i "$tmp/out_srun/bn_stats.pt")
+# slurmd revoked the job's credential when it ended, with one-second resolution: a rerun
+# launched within that second has a credential no newer than the revocation and is killed
+# ("Job credential revoked", JobState=FAILED). Requeue only once a new second has begun.
+ended=$(date -d "$(field "$id" EndTime)" +%s 2>/dev/null || date +%s)
+while [ "$(date +%s)" -le $((ended + 1)) ]; do sleep 0.2; done
 scontrol requeue "$id"
 scontrol update JobId="$id" StartTime=now  # a requeued job waits ~2 min otherwise
 expect_job "$id" COMPLETED 0:0
