@@ -19,6 +19,17 @@ function(bna_mpi_command out np)
       $<TARGET_FILE:bnadapt_dist> ${MPIEXEC_POSTFLAGS} ${ARGN} PARENT_SCOPE)
 endfunction()
 
+# bna_mpi_case(<name> <np> <dir> <setup-fixture> <timeout> <labels> <tool args>...): the
+# tool under mpiexec at np ranks, run in <dir> (run_case.sh), on the generated fixtures; its
+# outputs are fixture <setup-fixture> for the checks that compare them.
+function(bna_mpi_case name np dir fixture timeout labels)
+  bna_mpi_command(cmd ${np} ${ARGN})
+  add_test(NAME ${name} COMMAND ${BNA_SRC_TESTS}/mpi/run_case.sh ${dir} -- ${cmd})
+  set_tests_properties(${name} PROPERTIES FIXTURES_REQUIRED bna_fixtures
+                       FIXTURES_SETUP ${fixture} ENVIRONMENT "${BNA_MPI_ENV}"
+                       TIMEOUT ${timeout} LABELS "${labels}")
+endfunction()
+
 # bna_inproc_command(<out-var> <np> <tool args>...): the same job with np ranks as threads of
 # one process (tests/inproc/bnadapt_inproc.cpp, over ThreadCommunicator)
 function(bna_inproc_command out np)

@@ -59,19 +59,13 @@ set(exact_stats)
 foreach(np 1 2 3)
   set(dir ${BNA_REL}/exact_np${np})
   list(APPEND exact_stats ${dir}/stats.pt)
-  bna_mpi_command(cmd ${np} --model ${BNA_FIX}/exact_scripted.pt --data ${BNA_FIX}/data_exact.pt
-                  --samples 32 --batch-size 8 --output ${dir}/out.pt --stats-output ${dir}/stats.pt)
-  add_test(NAME rel_exact_np${np} COMMAND ${BNA_SRC_TESTS}/mpi/run_case.sh ${dir} -- ${cmd})
-  set_tests_properties(rel_exact_np${np} PROPERTIES FIXTURES_REQUIRED bna_fixtures
-                       FIXTURES_SETUP bna_exact ENVIRONMENT "${BNA_MPI_ENV}" TIMEOUT 60
-                       LABELS reliability)
+  bna_mpi_case(rel_exact_np${np} ${np} ${dir} bna_exact 60 reliability
+               --model ${BNA_FIX}/exact_scripted.pt --data ${BNA_FIX}/data_exact.pt
+               --samples 32 --batch-size 8 --output ${dir}/out.pt --stats-output ${dir}/stats.pt)
 endforeach()
-bna_mpi_command(cmd 2 --model ${BNA_FIX}/exact_scripted.pt --data ${BNA_FIX}/data_exact.pt
-                --samples 32 --batch-size 8 --output ${BNA_REL}/exact_rerun/out.pt)
-add_test(NAME rel_exact_rerun COMMAND ${BNA_SRC_TESTS}/mpi/run_case.sh ${BNA_REL}/exact_rerun -- ${cmd})
-set_tests_properties(rel_exact_rerun PROPERTIES FIXTURES_REQUIRED bna_fixtures
-                     FIXTURES_SETUP bna_exact ENVIRONMENT "${BNA_MPI_ENV}" TIMEOUT 60
-                     LABELS reliability)
+bna_mpi_case(rel_exact_rerun 2 ${BNA_REL}/exact_rerun bna_exact 60 reliability
+             --model ${BNA_FIX}/exact_scripted.pt --data ${BNA_FIX}/data_exact.pt
+             --samples 32 --batch-size 8 --output ${BNA_REL}/exact_rerun/out.pt)
 add_test(NAME rel_exact_check
          COMMAND ${BNADAPT_PYTHON} ${BNA_SRC_TESTS}/reference/check_exact.py --mode exact
                  --data ${BNA_FIX}/data_exact.pt --batches 4 --stats ${exact_stats})
@@ -84,13 +78,9 @@ set_tests_properties(rel_exact_check rel_exact_rerun_same_bytes PROPERTIES
 # ---- precision: mean/sigma = 1e4 and 2e4, a constant channel ------------------------------
 foreach(np 1 3)
   set(dir ${BNA_REL}/precision_np${np})
-  bna_mpi_command(cmd ${np} --model ${BNA_FIX}/exact_scripted.pt
-                  --data ${BNA_FIX}/data_precision.pt --samples 64 --batch-size 8
-                  --stats-output ${dir}/stats.pt)
-  add_test(NAME rel_precision_np${np} COMMAND ${BNA_SRC_TESTS}/mpi/run_case.sh ${dir} -- ${cmd})
-  set_tests_properties(rel_precision_np${np} PROPERTIES FIXTURES_REQUIRED bna_fixtures
-                       FIXTURES_SETUP bna_precision ENVIRONMENT "${BNA_MPI_ENV}" TIMEOUT 60
-                       LABELS reliability)
+  bna_mpi_case(rel_precision_np${np} ${np} ${dir} bna_precision 60 reliability
+               --model ${BNA_FIX}/exact_scripted.pt --data ${BNA_FIX}/data_precision.pt
+               --samples 64 --batch-size 8 --stats-output ${dir}/stats.pt)
 endforeach()
 add_test(NAME rel_precision_check
          COMMAND ${BNADAPT_PYTHON} ${BNA_SRC_TESTS}/reference/check_exact.py --mode precision

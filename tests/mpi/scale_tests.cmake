@@ -6,13 +6,10 @@ set(scale_stats)
 foreach(np 1 8 16)
   set(dir ${BNA_SCALE}/np${np})
   list(APPEND scale_stats ${dir}/stats.pt)
-  bna_mpi_command(cmd ${np} --model ${BNA_FIX}/mlp_scripted.pt --data ${BNA_FIX}/data_vec48.pt
-                  --samples 40 --batch-size 4 --threads 1 --data-threads 1
-                  --stats-output ${dir}/stats.pt --report ${dir}/report.json)
-  add_test(NAME scale_np${np} COMMAND ${BNA_SRC_TESTS}/mpi/run_case.sh ${dir} -- ${cmd})
-  set_tests_properties(scale_np${np} PROPERTIES FIXTURES_REQUIRED bna_fixtures
-                       FIXTURES_SETUP bna_scale ENVIRONMENT "${BNA_MPI_ENV}" TIMEOUT 180
-                       LABELS "mpi;scale")
+  bna_mpi_case(scale_np${np} ${np} ${dir} bna_scale 180 "mpi;scale"
+               --model ${BNA_FIX}/mlp_scripted.pt --data ${BNA_FIX}/data_vec48.pt
+               --samples 40 --batch-size 4 --threads 1 --data-threads 1
+               --stats-output ${dir}/stats.pt --report ${dir}/report.json)
 endforeach()
 list(GET scale_stats 0 scale_np1)
 foreach(np 8 16)
