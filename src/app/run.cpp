@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <exception>
 #include <string>
+#include <vector>
 
 #include <ATen/Parallel.h>
 #include <torch/cuda.h>
@@ -27,16 +28,19 @@ int dataThreads(const config::Settings& settings, int intra_op) {
 namespace {
 
 // Widens a launcher's default binding to the rank's node share, or warns once when the rank
-// has fewer cores than threads (comm/cpu_binding.h). Returns the cores the rank may use.
+// has fewer cores than threads (comm/cpu_binding.h). Returns the intra-op threads: --threads,
+// else min(node share, cores the rank may use).
 int claimCores(const config::Settings& settings, const comm::Communicator& comm) {
-  const comm::CoreCounts counts{comm::allowedCores(), comm::onlineCores(), comm.localSize(),
-                                comm.localRank()};
-  const int planned = settings.threads > 0 ? settings.threads : comm::nodeShare(counts);
+  const std::vector<int> node = comm::nodeCpus();
+  const comm::CoreCounts counts{comm::allowedCores(), static_cast<int>(node.size()),
+                                comm.localSize(), comm.localRank()};
+  const int share = comm::nodeShare(counts);
+  const int planned = settings.threads > 0 ? settings.threads : share;
   const comm::BindingPlan plan =
       comm::planBinding(comm::processEnv, counts, planned, dataThreads(settings, planned));
   if (plan.action == comm::BindingPlan::Action::kWiden) {
-    const std::string cores = comm::describeCpus(plan.first_core, plan.cores);
-    if (comm::setProcessAffinity(plan.first_core, plan.cores)) {
+    const std::string cores = comm::describeCpus(node, plan.first_core, plan.cores);
+    if (comm::setProcessAffinity(node, plan.first_core, plan.cores)) {
       log::info("the launcher's default binding gave this rank ", counts.allowed,
                 " core(s); widened to its node share, cores ", cores);
     } else {
@@ -51,19 +55,17 @@ int claimCores(const config::Settings& settings, const comm::Communicator& comm)
   const int cores = comm::allowedCores();
   if (settings.threads > cores && plan.action != comm::BindingPlan::Action::kWarn) {
     log::warn("--threads ", settings.threads, " is more than the ", cores,
-              " core(s) this rank may use (", comm::onlineCores(), " online, ", comm.localSize(),
+              " core(s) this rank may use (", counts.online, " online, ", comm.localSize(),
               " rank(s) on this node): the threads share cores; use --threads ", cores,
               " or fewer");
   }
-  return cores;
+  return settings.threads > 0 ? settings.threads : std::min(share, cores);
 }
 
 }  // namespace
 
 void configureProcess(const config::Settings& settings, const comm::Communicator& comm) {
-  const int cores = claimCores(settings, comm);
-  const int share = comm::nodeShare({cores, comm::onlineCores(), comm.localSize(), 0});
-  at::set_num_threads(settings.threads > 0 ? settings.threads : std::min(share, cores));
+  at::set_num_threads(claimCores(settings, comm));
   // TF32 would put CUDA convolutions 1e-3 away from the CPU's results. Only where CUDA is
   // usable: touching the CUDA backend's settings otherwise costs ~100 MiB of RSS per rank.
   if (settings.device != comm::DeviceRequest::kCpu && torch::cuda::is_available()) {

@@ -149,8 +149,7 @@ int allowedCores() {
 
 int onlineCores() { return static_cast<int>(nodeCpus().size()); }
 
-std::string describeCpus(int first, int count) {
-  const std::vector<int> cpus = nodeCpus();
+std::string describeCpus(const std::vector<int>& cpus, int first, int count) {
   std::string out;
   for (int i = first; i < first + count && i < static_cast<int>(cpus.size()); ++i) {
     const int lo = cpus[static_cast<size_t>(i)];
@@ -167,8 +166,7 @@ std::string describeCpus(int first, int count) {
   return out;
 }
 
-bool setProcessAffinity(int first, int count) {
-  const std::vector<int> cpus = nodeCpus();
+bool setProcessAffinity(const std::vector<int>& cpus, int first, int count) {
   cpu_set_t set;
   CPU_ZERO(&set);
   for (int i = first; i < first + count && i < static_cast<int>(cpus.size()); ++i) {

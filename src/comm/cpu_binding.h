@@ -57,11 +57,12 @@ std::vector<int> nodeCpus();
 int allowedCores();
 int onlineCores();
 
-// Sets the CPU affinity of every thread of this process to nodeCpus()[first, first + count).
-// False (nothing changed for the threads that failed) when the kernel refuses.
-bool setProcessAffinity(int first, int count);
+// Sets the CPU affinity of every thread of this process to node[first, first + count)
+// (`node`: nodeCpus()). False (nothing changed for the threads that failed) when the kernel
+// refuses.
+bool setProcessAffinity(const std::vector<int>& node, int first, int count);
 
-// "0-1" or "4,6": the CPU ids of nodeCpus()[first, first + count), for the log.
-std::string describeCpus(int first, int count);
+// "0-1" or "4,6": the CPU ids of node[first, first + count), for the log.
+std::string describeCpus(const std::vector<int>& node, int first, int count);
 
 }  // namespace bnadapt::comm

@@ -87,7 +87,9 @@ TEST(CpuBinding, ThisProcessHasCores) {
   const std::vector<int> cpus = nodeCpus();
   ASSERT_FALSE(cpus.empty());
   EXPECT_TRUE(std::is_sorted(cpus.begin(), cpus.end()));
-  EXPECT_EQ(describeCpus(0, static_cast<int>(cpus.size())).empty(), false);
+  EXPECT_EQ(describeCpus(cpus, 0, static_cast<int>(cpus.size())).empty(), false);
+  EXPECT_EQ(describeCpus({0, 1, 2, 3, 8, 10, 11}, 0, 7), "0-3,8,10-11");
+  EXPECT_EQ(describeCpus({0, 1, 2, 3}, 2, 2), "2-3");
 }
 
 TEST(CpuBinding, CpuListsParseAsTheKernelWritesThem) {
